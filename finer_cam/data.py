@@ -1,0 +1,227 @@
+"""Finding images, class names and labels, preprocessing, and the DataLoader that decodes in workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torchvision.transforms import functional as TF
+
+from .errors import FinerCamError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+DEFAULT_CLASS_LIST = Path(__file__).with_name("resources") / "stanford_cars_classes.txt"
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+
+
+class ImageError(Exception):
+    """One image that cannot be used; the run goes on without it."""
+
+
+# ---------------------------------------------------------------------------------------------- finding images
+
+@dataclass(frozen=True)
+class ImageList:
+    """The images of a run: absolute ``paths`` and the ``root`` their relative paths (and outputs) hang from."""
+
+    root: Path
+    paths: list[Path]
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def find_images(source: str | Path) -> ImageList:
+    """A folder (searched recursively, sorted) or a text file of image paths, one a line.
+
+    In a list file, blank lines and lines starting with ``#`` are skipped, duplicates are kept once, and
+    relative paths are taken relative to the list file's folder. The root of a list is the deepest folder
+    common to all its images.
+    """
+    source = Path(source)
+    if source.is_dir():
+        root = source.resolve()
+        paths = []
+        for folder, dirs, files in os.walk(root):  # symlinked folders are not followed: no loops
+            dirs.sort()
+            paths.extend(Path(folder) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise FinerCamError(f"--dataset_path {source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return ImageList(root, paths)
+    if source.is_file():
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FinerCamError(f"--dataset_path {source}: cannot read the list file ({exc})") from None
+        seen, paths = set(), []
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line)
+            p = (p if p.is_absolute() else source.parent / p).resolve()
+            if p not in seen:
+                seen.add(p)
+                paths.append(p)
+        if not paths:
+            raise FinerCamError(f"--dataset_path {source}: the list file names no images")
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        return ImageList(root, paths)
+    raise FinerCamError(f"--dataset_path {source}: no such folder or list file")
+
+
+# ----------------------------------------------------------------------------------------------- class names
+
+def read_class_names(path: str | Path) -> list[str]:
+    """One class name a line, in the head's output order (blank lines at the end ignored)."""
+    try:
+        names = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FinerCamError(f"--class_names {path}: cannot read ({exc})") from None
+    while names and not names[-1].strip():
+        names.pop()
+    names = [n.strip() for n in names]
+    if not names or any(not n for n in names):
+        raise FinerCamError(f"--class_names {path}: expected one non-empty class name a line")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise FinerCamError(f"--class_names {path}: class {dup!r} is listed twice")
+    return names
+
+
+def class_key(name: str) -> str:
+    """Case, spaces and punctuation normalised: ``'Acura_RL-Sedan 2012' -> 'acura rl sedan 2012'``."""
+    name = unicodedata.normalize("NFKC", name).casefold()
+    return " ".join(re.sub(r"[\W_]+", " ", name).split())
+
+
+class LabelMatcher:
+    """Folder name -> class index: exact match first, then a unique match after :func:`class_key`."""
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.exact = {n: i for i, n in enumerate(class_names)}
+        keys: dict[str, list[int]] = {}
+        for i, n in enumerate(class_names):
+            keys.setdefault(class_key(n), []).append(i)
+        self.normalised = {k: v[0] for k, v in keys.items() if len(v) == 1}  # ambiguous keys match nothing
+
+    def __call__(self, folder: str) -> int | None:
+        if folder in self.exact:
+            return self.exact[folder]
+        return self.normalised.get(class_key(folder))
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+def load_image(path: str | Path, max_pixels: int | None = 178_956_970) -> Image.Image:
+    """Decode any PIL image to RGB as displayed (EXIF rotation applied, first frame, alpha over white).
+
+    16-bit and 32-bit grey images are rescaled to 8 bits rather than clipped. Raises ImageError.
+    """
+    try:
+        with Image.open(path) as img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise ImageError(f"{img.width}x{img.height} pixels is above the limit of {max_pixels}")
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"refused as a decompression bomb ({exc})") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise ImageError("empty file") from None
+        raise ImageError(f"not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize and normalise: ``image_size`` (square, bicubic) or ``max_size`` (aspect kept, sides rounded up
+    to a multiple of ``patch``). ``mean``/``std`` are the RGB normalisation."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int | None = 224
+    max_size: int | None = None
+    patch: int = 14
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """Network input ``(W, H)`` for an image of ``width x height``."""
+        if self.max_size is None:
+            side = _round_up(self.image_size, self.patch)
+            return side, side
+        scale = min(1.0, self.max_size / max(width, height))
+        return (_round_up(max(1, round(width * scale)), self.patch),
+                _round_up(max(1, round(height * scale)), self.patch))
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> normalised ``[3, H, W]`` float tensor."""
+        w, h = self.input_size(*img.size)
+        if (w, h) != img.size:
+            img = img.resize((w, h), Image.BICUBIC)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+    def to_json(self) -> dict:
+        return {"image_size": self.image_size, "max_size": self.max_size, "patch": self.patch,
+                "interpolation": "bicubic", "mean": list(self.mean), "std": list(self.std)}
+
+
+def _round_up(x: int, m: int) -> int:
+    return max(m, -(-x // m) * m)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Items ``{"index", "image" [3, H, W] or None, "size" (W, H), "error"}``: a bad image is an item too."""
+
+    def __init__(self, paths: list[Path], preprocess: Preprocess, max_pixels: int | None = 178_956_970) -> None:
+        self.paths = paths
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            img = load_image(self.paths[i], self.max_pixels)
+            return {"index": i, "image": self.preprocess(img), "size": img.size, "error": None}
+        except ImageError as exc:
+            return {"index": i, "image": None, "size": None, "error": str(exc)}
+
+
+def keep_as_list(items: list[dict]) -> list[dict]:
+    """Collate function: images may differ in size, so batches stay lists and are grouped by shape later."""
+    return items
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       collate_fn=keep_as_list, pin_memory=pin_memory,
+                                       persistent_workers=False, prefetch_factor=4 if num_workers else None)

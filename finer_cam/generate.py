@@ -1,0 +1,220 @@
+"""The work of generate_cam.py: a dataset folder in, one ``.npy`` of maps per image out (see io.py)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cam import FinerCAM, normalize_maps, resize_maps
+from .data import (DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess, find_images,
+                   make_loader, read_class_names)
+from .errors import FinerCamError
+from .io import RunFolder, map_names, save_maps
+from .models import CLASS_LIST, load_classifier, read_sidecar
+from .targets import DEFAULT_MODES, parse_modes
+
+log = logging.getLogger("finer_cam")
+SAVE_SIZES = ("input", "grid", "original")
+
+
+@dataclass
+class GenerateConfig:
+    dataset_path: str
+    save_dir: str
+    model_path: str
+    classifier_path: str
+    arch: str = "auto"
+    class_names: str | None = None
+    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
+    method: str = "gradcam"
+    target: str = "label"
+    similarity: str = "logit-distance"
+    image_size: int | None = None  # None: the head's sidecar, else 224
+    max_size: int | None = None
+    normalize: str | None = None  # None: the head's sidecar, else the backbone's own (ImageNet)
+    save_size: str = "input"
+    batch_size: int = 16
+    num_workers: int = 2
+    device: str = "auto"
+    precision: str = "fp32"
+    aug_smooth: bool = False
+    overwrite: bool = False
+    max_pixels: int | None = 178_956_970
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    processed: int = 0
+    skipped: int = 0  # finished by an earlier run
+    failed: int = 0
+    label_fallback: int = 0  # folder matched no class: the prediction was explained
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"total": self.total, "processed": self.processed, "skipped": self.skipped, "failed": self.failed,
+                "label_fallback": self.label_fallback}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FinerCamError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise FinerCamError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+
+
+def _resolve_class_names(cfg: GenerateConfig) -> tuple[list[str], str]:
+    if cfg.class_names:
+        path = Path(cfg.class_names)
+    elif Path(cfg.classifier_path).with_name(CLASS_LIST).is_file():
+        path = Path(cfg.classifier_path).with_name(CLASS_LIST)
+    else:
+        path = DEFAULT_CLASS_LIST
+    return read_class_names(path), str(path)
+
+
+def prepare(cfg: GenerateConfig):
+    """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work."""
+    if cfg.save_size not in SAVE_SIZES:
+        raise FinerCamError(f"--save_size {cfg.save_size!r}: expected one of {', '.join(SAVE_SIZES)}")
+    if cfg.batch_size < 1:
+        raise FinerCamError("--batch_size must be at least 1")
+    if cfg.image_size is not None and cfg.max_size is not None:
+        raise FinerCamError("--image_size and --max_size exclude each other: give one")
+    for flag, value in (("--image_size", cfg.image_size), ("--max_size", cfg.max_size)):
+        if value is not None and value < 1:
+            raise FinerCamError(f"{flag} must be a positive number of pixels")
+    modes = parse_modes(cfg.modes)
+    device = resolve_device(cfg.device)
+    class_names, class_file = _resolve_class_names(cfg)
+    sidecar = read_sidecar(cfg.classifier_path)
+    model = load_classifier(cfg.model_path, cfg.classifier_path, cfg.arch, device)
+    if model.num_classes != len(class_names):
+        raise FinerCamError(f"{cfg.classifier_path}: the head has {model.num_classes} classes but {class_file} "
+                            f"lists {len(class_names)}; pass the head's class list with --class_names")
+    normalize = cfg.normalize or sidecar.get("normalize") or "imagenet"
+    if normalize not in NORMALIZATIONS:
+        raise FinerCamError(f"--normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
+        log.warning("the head was trained with %s normalisation but --normalize %s was asked for",
+                    sidecar["normalize"], cfg.normalize)
+    image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", 224))
+    mean, std = NORMALIZATIONS[normalize]
+    preprocess = Preprocess(mean, std, image_size=None if cfg.max_size else image_size, max_size=cfg.max_size,
+                            patch=model.patch_size)
+    engine = FinerCAM(model, modes, cfg.method, cfg.similarity, cfg.precision)
+    images = find_images(cfg.dataset_path)
+    run_info = {
+        "dataset_root": str(images.root),
+        "modes": [m.to_json() for m in modes],
+        "method": cfg.method,
+        "target_layer": "blocks[-1].norm1",
+        "backbone": {"kind": "dinov2", "path": str(Path(cfg.model_path).resolve()), "arch": cfg.arch,
+                     "embed_dim": model.backbone.embed_dim, "depth": model.backbone.config.depth,
+                     "registers": model.backbone.num_register_tokens, "patch_size": model.patch_size},
+        "head": {"path": str(Path(cfg.classifier_path).resolve()), "num_classes": model.num_classes},
+        "class_names_file": class_file,
+        "class_names": class_names,
+        "preprocessing": {**preprocess.to_json(), "normalize": normalize},
+        "similarity": cfg.similarity,
+        "target": cfg.target,
+        "save_size": cfg.save_size,
+        "map_dtype": "float32" if cfg.save_size == "grid" else "float16",
+        "aug_smooth": cfg.aug_smooth,
+        "precision": cfg.precision,
+        "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+    }
+    return model, engine, images, preprocess, class_names, run_info, device
+
+
+def run_generate(cfg: GenerateConfig, progress=None) -> Summary:
+    """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``; ``progress`` is a tqdm-like bar."""
+    model, engine, images, preprocess, class_names, run_info, device = prepare(cfg)
+    folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
+    matcher = LabelMatcher(class_names)
+    rel_paths = [images.relative(p) for p in images.paths]
+    npy_names = map_names(rel_paths)
+    todo = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
+    summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(todo))
+    if progress is not None:
+        progress.reset(total=len(todo))
+    dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels)
+    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
+    try:
+        for batch in loader:
+            for item in batch:
+                if item["error"] is not None:
+                    rel = rel_paths[todo[item["index"]]]
+                    summary.failed += 1
+                    summary.errors.append((rel, item["error"]))
+                    log.error("%s: %s", images.root / rel, item["error"])
+                    folder.add({"image": rel, "error": item["error"]})
+            good = [item for item in batch if item["error"] is None]
+            for group in _group_by_shape(good):
+                _explain_group(group, cfg, engine, folder, matcher, rel_paths, todo, npy_names, device, summary)
+            if progress is not None:
+                progress.update(len(batch))
+    finally:
+        folder.close()
+    folder.finish(summary.to_json())
+    return summary
+
+
+def _group_by_shape(items: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for item in items:
+        groups.setdefault(tuple(item["image"].shape), []).append(item)
+    return list(groups.values())
+
+
+def _explain_group(group, cfg, engine: FinerCAM, folder: RunFolder, matcher, rel_paths, todo, npy_names,
+                   device, summary: Summary) -> None:
+    rels = [rel_paths[todo[item["index"]]] for item in group]
+    labels = [matcher(Path(rel).parent.name) if "/" in rel else None for rel in rels]
+    x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
+    label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
+    result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
+    maps = result.maps  # [B, M, h, w]
+    if cfg.save_size == "input":
+        maps = normalize_maps(resize_maps(maps, tuple(x.shape[-2:]))).half()
+    probs = torch.softmax(result.logits, dim=1)
+    top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
+    maps_cpu, refs = maps.cpu(), result.references.cpu().tolist()
+    predicted, targets = result.logits.argmax(1).cpu().tolist(), result.targets.cpu().tolist()
+    top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
+    for b, (item, rel) in enumerate(zip(group, rels)):
+        m = maps_cpu[b]
+        if cfg.save_size == "original":
+            w, h = item["size"]
+            m = normalize_maps(resize_maps(result.maps[b], (h, w))).half().cpu()
+        if labels[b] is None and cfg.target == "label":
+            summary.label_fallback += 1
+        entry = {
+            "image": rel,
+            "map": npy_names[rel],
+            "size": list(item["size"]),
+            "input_size": [int(x.shape[-1]), int(x.shape[-2])],
+            "label": labels[b],
+            "predicted": predicted[b],
+            "target": targets[b],
+            "references": {mode.name: [refs[b][r - 1] for r in mode.ranks if r <= len(refs[b])]
+                           for mode in engine.modes},
+            "top5": {"indices": top_i[b], "probs": [round(p, 6) for p in top_p[b]]},
+        }
+        try:
+            save_maps(folder.dir / npy_names[rel], m.numpy())
+        except OSError as exc:
+            raise FinerCamError(f"{folder.dir / npy_names[rel]}: cannot write ({exc.strerror or exc})") from None
+        folder.add(entry)
+        summary.processed += 1

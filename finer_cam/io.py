@@ -1,0 +1,130 @@
+"""The output contract: one ``.npy`` of maps per image, ``run.json``, ``index.jsonl``; atomic writes, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FinerCamError
+
+RUN_FILE = "run.json"
+INDEX_FILE = "index.jsonl"
+# run.json fields that must agree for a rerun to resume into the same folder
+RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "preprocessing",
+               "similarity", "target", "save_size", "aug_smooth")
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_maps(path: Path, maps: np.ndarray) -> None:
+    """``[M, H, W]`` maps as a plain ``.npy`` (no pickle), atomically."""
+    atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(maps), allow_pickle=False))
+
+
+def load_maps(path: str | Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def map_names(relative_images: list[str]) -> dict[str, str]:
+    """Image path -> map path, both relative: ``a/b.jpg -> a/b.npy``; ``.jpg.npy`` where stems collide."""
+    stems: dict[str, int] = {}
+    for rel in relative_images:
+        stem = rel.rsplit(".", 1)[0]
+        stems[stem] = stems.get(stem, 0) + 1
+    out = {}
+    for rel in relative_images:
+        stem = rel.rsplit(".", 1)[0]
+        out[rel] = (stem if stems[stem] == 1 else rel) + ".npy"
+    return out
+
+
+class RunFolder:
+    """``save_dir`` with its ``run.json`` and append-only ``index.jsonl``.
+
+    On opening, an existing run must have the same configuration (else FinerCamError, unless ``overwrite``);
+    index lines of finished images are kept (one per image, the last wins), a torn last line is dropped.
+    """
+
+    def __init__(self, save_dir: str | Path, run_info: dict, overwrite: bool = False) -> None:
+        self.dir = Path(save_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FinerCamError(f"--save_dir {save_dir}: cannot create the folder ({exc.strerror})") from None
+        if not os.access(self.dir, os.W_OK):
+            raise FinerCamError(f"--save_dir {save_dir}: the folder is not writable")
+        self.run_info = run_info
+        self.entries: dict[str, dict] = {}
+        run_path = self.dir / RUN_FILE
+        if run_path.exists() and not overwrite:
+            try:
+                old = json.loads(run_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise FinerCamError(f"{run_path}: unreadable; use another --save_dir or --overwrite") from None
+            changed = [k for k in RESUME_KEYS if old.get(k) != run_info.get(k)]
+            if changed:
+                raise FinerCamError(f"{run_path}: this folder holds a run with a different {', '.join(changed)}; "
+                                    "use another --save_dir, or --overwrite to replace it")
+            self.entries = self._read_index()
+        write_json(run_path, run_info)
+        # rewrite the index compacted: one line per image, no torn line, errors dropped (they are retried)
+        self.entries = {k: v for k, v in self.entries.items() if "error" not in v}
+        lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries.values())
+        atomic_write_bytes(self.dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
+        self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
+
+    def _read_index(self) -> dict[str, dict]:
+        entries: dict[str, dict] = {}
+        path = self.dir / INDEX_FILE
+        if not path.exists():
+            return entries
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a kill
+                if isinstance(entry, dict) and isinstance(entry.get("image"), str):
+                    entries[entry["image"]] = entry
+        return entries
+
+    def is_done(self, image: str) -> bool:
+        entry = self.entries.get(image)
+        return bool(entry) and "error" not in entry and (self.dir / entry.get("map", "")).is_file()
+
+    def add(self, entry: dict) -> None:
+        """Append one image's index line (after its map file is in place)."""
+        self.entries[entry["image"]] = entry
+        self._index.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._index.flush()
+
+    def finish(self, summary: dict) -> None:
+        self._index.close()
+        write_json(self.dir / RUN_FILE, {**self.run_info, "summary": summary})
+
+    def close(self) -> None:
+        if not self._index.closed:
+            self._index.close()

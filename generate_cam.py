@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Finer-CAM maps for every image of a dataset folder: one .npy per image, plus run.json and index.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tqdm import tqdm
+
+from finer_cam.cam import METHODS
+from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging
+from finer_cam.data import NORMALIZATIONS
+from finer_cam.generate import SAVE_SIZES, GenerateConfig, run_generate
+from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
+
+PROG = "generate_cam.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="A mode is NAME:ALPHA[:RANKS[:softmax]]: the map of y_target - ALPHA * mean(y_r for r in RANKS), "
+               "RANKS being 1-based positions in the similarity ranking of the other classes (1 = most similar). "
+               "':softmax' weights each reference by its probability, as pytorch-grad-cam's FinerWeightedTarget. "
+               "Rerunning the same command resumes: finished images are skipped.")
+    io = p.add_argument_group("input and output")
+    io.add_argument("--dataset_path", "--image_paths", dest="dataset_path", required=True,
+                    help="folder of images (searched recursively; the class is the parent folder's name) or a "
+                         "text file of image paths, one a line (relative to the file's folder)")
+    io.add_argument("--save_dir", "--save_path", dest="save_dir", required=True,
+                    help="output folder: one .npy per image mirroring the dataset tree, run.json, index.jsonl")
+    io.add_argument("--save_size", choices=SAVE_SIZES, default="input",
+                    help="input: float16 maps at the network input size, each normalised to [0, 1]; grid: raw "
+                         "float32 maps on the patch grid; original: float16 at each image's own size")
+    io.add_argument("--overwrite", action="store_true",
+                    help="redo every image (and replace a run made with another configuration)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model_path", default="pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
+                   help="official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth)")
+    m.add_argument("--arch", default="auto",
+                   help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the checkpoint")
+    m.add_argument("--classifier_path", default="pretrained_models/classifier/best_classifier.pth",
+                   help="linear head: a state dict {weight [C, D], bias [C]}")
+    m.add_argument("--class_names", default=None,
+                   help="class names, one a line in the head's order (default: class_names.txt beside the head, "
+                        "else the Stanford Cars list shipped with finer_cam)")
+    m.add_argument("--backbone", choices=["dinov2"], default="dinov2", help="the feature extractor family")
+    c = p.add_argument_group("explanation")
+    c.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), metavar="SPEC",
+                   help="maps to compute, in this order (see below)")
+    c.add_argument("--method", choices=METHODS, default="gradcam", help="CAM method applied to every objective")
+    c.add_argument("--target", choices=["label", "predicted"], default="label",
+                   help="label: the class named by the image's folder (falls back to the prediction when the "
+                        "folder matches no class); predicted: always the predicted class")
+    c.add_argument("--similarity", choices=SIMILARITIES, default="logit-distance",
+                   help="how the other classes are ranked: |y_i - y_t| ascending, y_i descending, or cosine "
+                        "similarity of the head's weight rows")
+    c.add_argument("--aug_smooth", action="store_true",
+                   help="average over flipped and rescaled-intensity views (ttach), as pytorch-grad-cam")
+    pre = p.add_argument_group("preprocessing")
+    size = pre.add_mutually_exclusive_group()
+    size.add_argument("--image_size", type=int, default=None,
+                      help="bicubic resize to a square of this side (default: the head's sidecar, else 224)")
+    size.add_argument("--max_size", type=int, default=None,
+                      help="keep the aspect ratio, cap the long side, round each side up to a multiple of the patch")
+    pre.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=None,
+                     help="input normalisation (default: what the head was trained with, else ImageNet's)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 runs the model under autocast")
+    r.add_argument("--max_pixels", type=int, default=178_956_970,
+                   help="refuse images with more pixels than this (decompression bombs)")
+    r.add_argument("--verbose", action="store_true", help="more log output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    fields = {k: v for k, v in vars(args).items() if k not in ("verbose", "backbone")}
+    cfg = GenerateConfig(**fields)
+
+    def body() -> int:
+        with tqdm(desc="Finer-CAM", unit="img", dynamic_ncols=True, total=0) as bar:
+            summary = run_generate(cfg, progress=bar)
+        print(f"{PROG}: {summary.processed} explained, {summary.skipped} already done, {summary.failed} failed "
+              f"of {summary.total}; maps in {cfg.save_dir}", file=sys.stderr)
+        if summary.label_fallback:
+            print(f"{PROG}: {summary.label_fallback} images whose folder matched no class were explained for "
+                  "their predicted class", file=sys.stderr)
+        if summary.failed:
+            print(f"{PROG}: {summary.failed} images failed (see 'error' lines in index.jsonl)", file=sys.stderr)
+            return EXIT_FAILED_ITEMS
+        return EXIT_OK
+
+    return main_guard(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
