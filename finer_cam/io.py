@@ -90,8 +90,8 @@ class RunFolder:
                                     "use another --save_dir, or --overwrite to replace it")
             self.entries = self._read_index()
         write_json(run_path, run_info)
-        # rewrite the index compacted: one line per image, no torn line, errors dropped (they are retried)
-        self.entries = {k: v for k, v in self.entries.items() if "error" not in v}
+        # rewrite the index compacted: one line per finished image, no torn line; errors and lost maps are redone
+        self.entries = {k: v for k, v in self.entries.items() if self.is_done(k)}
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries.values())
         atomic_write_bytes(self.dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
         self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
