@@ -2,7 +2,8 @@
 
 Efficiency: ONE forward pass per batch serves every mode. The blocks before the target layer run under
 ``torch.no_grad``; the target activation is the only tensor that needs a gradient (backbone parameters
-never get one), and all modes' gradients come from one batched backward through the small tail.
+never get one), and the modes' gradients come from one backward each through that small tail (the
+last block, the pooling and the head).
 """
 
 from __future__ import annotations
@@ -159,13 +160,10 @@ class FinerCAM:
                 maps = self._score_cam(images, grid_act, targets, refs)
             else:
                 obj = objectives(logits, targets, refs, self.modes).sum(dim=1)  # [M]; images are independent
-                m = obj.shape[0]
-                if m == 1:
-                    (grads,) = torch.autograd.grad(obj[0], act)
-                    grads = grads.unsqueeze(0)
-                else:
-                    eye = torch.eye(m, device=obj.device, dtype=obj.dtype)
-                    (grads,) = torch.autograd.grad(obj, act, grad_outputs=eye, is_grads_batched=True)
+                # one backward per mode through the small graph after the target layer (measured faster on
+                # the CPU than one vmapped backward, is_grads_batched=True, for the same result)
+                grads = torch.stack([torch.autograd.grad(o, act, retain_graph=i < len(obj) - 1)[0]
+                                     for i, o in enumerate(obj)])
                 grads = tokens_to_grid(grads.float(), model.num_prefix_tokens, grid)  # [M, B, D, h, w]
                 maps = cam_from_gradients(self.method, grid_act, grads)
         return Explanation(maps.clamp(min=0).transpose(0, 1).contiguous(), logits.detach(), targets, refs)

@@ -217,3 +217,16 @@ def test_official_heads_load_on_cpu_with_the_shipped_class_lists():
 def test_class_key_normalises_case_spaces_and_punctuation():
     assert class_key("Acura RL Sedan 2012") == class_key("acura_rl-sedan  2012") == "acura rl sedan 2012"
     assert class_key("Acura RL Sedan 2012") != class_key("Acura RL Sedan 2011")
+
+
+def test_the_heads_sidecar_sets_normalisation_and_size_and_flags_override_it(setup):
+    tmp_path, _ = setup
+    (tmp_path / "classifier_config.json").write_text(json.dumps({"normalize": "clip", "image_size": 112}))
+    (tmp_path / "class_names.txt").write_text("\n".join(CARS) + "\n")
+    assert run(tmp_path) == 0
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["preprocessing"]["normalize"] == "clip" and info["preprocessing"]["image_size"] == 112
+    assert info["class_names_file"].endswith("class_names.txt")
+    assert run(tmp_path, "--normalize", "imagenet", "--image_size", "224", out="out2") == 0
+    info = json.loads((tmp_path / "out2" / "run.json").read_text())
+    assert info["preprocessing"]["normalize"] == "imagenet" and info["preprocessing"]["image_size"] == 224

@@ -1,0 +1,76 @@
+"""Throughput of generate_cam.py against the reference ways of doing the same work, in one run.
+
+Same backbone (a ViT-B/14 with random weights in the official layout: the real weights cannot be
+downloaded here, and timing does not depend on their values), the official Stanford Cars head, the same
+JPEG images at 224, the three default modes; whole process against whole process (start-up, model
+loading, decoding and writing included), each process timed by wall clock.
+
+    python bench/bench_generate.py [--images 16] [--batch 16] [--arch vit_base] [--skip-official]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import dinov2  # noqa: E402
+
+HEAD = ROOT.parent / "shared" / "fixtures" / "classifier_cars_DINO.pth"
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--arch", default="vit_base")
+    ap.add_argument("--head", default=str(HEAD))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--skip-official", action="store_true", help="skip the slow batch-1 reference")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        torch.save(dinov2.build(args.arch).state_dict(), tmp / "backbone.pth")
+        rng = np.random.default_rng(0)
+        folder = tmp / "images" / "Acura RL Sedan 2012"
+        folder.mkdir(parents=True)
+        for i in range(args.images):  # Stanford-Cars-like sizes
+            arr = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(folder / f"{i:06d}.jpg", quality=90)
+        common = [str(tmp / "backbone.pth"), args.head, str(tmp / "images")]
+        ours = [sys.executable, "generate_cam.py", "--model_path", common[0], "--classifier_path", common[1],
+                "--dataset_path", common[2], "--save_dir", str(tmp / "ours"), "--batch_size", str(args.batch),
+                "--num_workers", "1", "--device", args.device, "--precision", args.precision]
+        peer = [sys.executable, "bench/peers.py"]
+        results = {"generate_cam.py": timed(ours)}
+        results["torchcam 0.5.0 FinerCAM"] = timed(peer + ["torchcam", *common, str(tmp / "tc"), str(args.batch)])
+        if not args.skip_official:
+            results["pytorch-grad-cam 1.5.7 FinerCAM (official way)"] = timed(
+                peer + ["official", *common, str(tmp / "gc"), "1"])
+    base = results["generate_cam.py"]
+    print(f"{args.images} images, {args.arch}, 224x224, 3 modes, batch {args.batch}, {args.device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'way':50s} {'seconds':>8s} {'images/s':>9s} {'ours is x faster':>17s}")
+    for name, seconds in results.items():
+        print(f"{name:50s} {seconds:8.1f} {args.images / seconds:9.2f} {seconds / base:17.2f}")
+
+
+if __name__ == "__main__":
+    main()
