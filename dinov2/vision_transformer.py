@@ -232,7 +232,8 @@ def load_dinov2(path: str, arch: str = "auto", map_location: str | torch.device 
         config = config_from_state_dict(state, arch)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    model = DinoVisionTransformer(config)
+    with torch.device("meta"):  # no time spent initialising weights that the file replaces
+        model = DinoVisionTransformer(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -242,7 +243,7 @@ def load_dinov2(path: str, arch: str = "auto", map_location: str | torch.device 
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if keys]
         raise CheckpointError(f"{path}: does not fit {arch} ({'; '.join(parts)})")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
-from torchvision.transforms import functional as TF
 
 from .errors import FinerCamError
 
@@ -186,7 +185,10 @@ class Preprocess:
         w, h = self.input_size(*img.size)
         if (w, h) != img.size:
             img = img.resize((w, h), Image.BICUBIC)
-        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 255.0  # [3, H, W]
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
 
     def to_json(self) -> dict:
         return {"image_size": self.image_size, "max_size": self.max_size, "patch": self.patch,
