@@ -15,7 +15,7 @@ import generate_cam
 from finer_cam.data import class_key, read_class_names
 from finer_cam.models import load_head
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CARS = read_class_names(Path(__file__).resolve().parents[1] / "finer_cam" / "resources" / "stanford_cars_classes.txt")
 
 
