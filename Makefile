@@ -17,3 +17,6 @@ test: test-deps
 
 bench: test-deps
 	$(PYTHON) bench/bench_generate.py
+
+demo:
+	@echo "make demo: the toy data set and backbone it runs on are not built yet (see README, Status)." >&2; exit 1

@@ -123,3 +123,19 @@ def test_bad_files_are_checkpoint_errors(tmp_path):
 def test_rejects_sizes_that_are_not_multiples_of_the_patch():
     with pytest.raises(ValueError, match="multiple of the patch"):
         random_model()(torch.randn(1, 3, 30, 28))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"cls_token": _Exploit(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_dinov2(str(tmp_path / "evil.pth"))
+    assert not marker.exists()
