@@ -38,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--arch", default="vit_base")
+    ap.add_argument("--arch", default="vit_base", help="must give the head's width (768 for the Stanford Cars head)")
     ap.add_argument("--head", default=str(HEAD))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
@@ -60,10 +60,11 @@ def main() -> None:
                 "--num_workers", "1", "--device", args.device, "--precision", args.precision]
         peer = [sys.executable, "bench/peers.py"]
         results = {"generate_cam.py": timed(ours)}
-        results["torchcam 0.5.0 FinerCAM"] = timed(peer + ["torchcam", *common, str(tmp / "tc"), str(args.batch)])
+        results["torchcam 0.5.0 FinerCAM"] = timed(
+            peer + ["torchcam", *common, str(tmp / "tc"), str(args.batch), args.device])
         if not args.skip_official:
             results["pytorch-grad-cam 1.5.7 FinerCAM (official way)"] = timed(
-                peer + ["official", *common, str(tmp / "gc"), "1"])
+                peer + ["official", *common, str(tmp / "gc"), "1", args.device])
     base = results["generate_cam.py"]
     print(f"{args.images} images, {args.arch}, 224x224, 3 modes, batch {args.batch}, {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -6,7 +6,7 @@ torchcam:  torchcam 0.5.0 FinerCAM: one forward per batch, then one autograd pas
 Both load the same backbone and head, decode the same images with the same preprocessing and write one
 .npy of normalised maps per image, so the whole-process times compare like for like.
 
-Usage: python bench/peers.py {official,torchcam} MODEL HEAD IMAGE_DIR OUT_DIR BATCH
+Usage: python bench/peers.py {official,torchcam} MODEL HEAD IMAGE_DIR OUT_DIR BATCH [DEVICE]
 """
 
 import sys
@@ -24,16 +24,17 @@ MODES = [(0.0, [1]), (0.6, [1, 2, 3]), (1.0, [1])]  # baseline, finer, compare
 
 def main() -> None:
     peer, model_path, head_path, image_dir, out_dir, batch = sys.argv[1:7]
+    device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
     torch.set_grad_enabled(True)
-    model = load_classifier(model_path, head_path).requires_grad_(True)
+    model = load_classifier(model_path, head_path, device=device).requires_grad_(True)
     pre = Preprocess(*NORMALIZATIONS["imagenet"])
     paths = find_images(image_dir).paths
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (official if peer == "official" else torchcam_way)(model, pre, paths, out, int(batch))
+    (official if peer == "official" else torchcam_way)(model, pre, paths, out, int(batch), device)
 
 
-def official(model, pre, paths, out, _batch) -> None:
+def official(model, pre, paths, out, _batch, device) -> None:
     from pytorch_grad_cam import FinerCAM
 
     def reshape(t):
@@ -41,12 +42,12 @@ def official(model, pre, paths, out, _batch) -> None:
 
     cam = FinerCAM(model, [model.backbone.blocks[-1].norm1], reshape_transform=reshape)
     for path in paths:
-        x = pre(load_image(path))[None]
+        x = pre(load_image(path))[None].to(device)
         maps = [cam(x, alpha=alpha, comparison_categories=cats)[0] for alpha, cats in MODES]
         np.save(out / (path.stem + ".npy"), np.stack(maps).astype(np.float16))
 
 
-def torchcam_way(model, pre, paths, out, batch) -> None:
+def torchcam_way(model, pre, paths, out, batch, device) -> None:
     from torchcam.methods import FinerCAM
 
     class GridModel(torch.nn.Module):  # torchcam hooks a [B, D, h, w] map: expose the patch grid as a module
@@ -69,7 +70,7 @@ def torchcam_way(model, pre, paths, out, batch) -> None:
     extractor = FinerCAM(net, "grid")
     for i in range(0, len(paths), batch):
         chunk = paths[i: i + batch]
-        x = torch.stack([pre(load_image(p)) for p in chunk])
+        x = torch.stack([pre(load_image(p)) for p in chunk]).to(device)
         scores = net(x)  # one forward per batch
         maps = []
         for k, (alpha, cats) in enumerate(MODES):  # then one autograd pass per mode
@@ -77,7 +78,7 @@ def torchcam_way(model, pre, paths, out, batch) -> None:
             maps.append(extractor(scores.argmax(1).tolist(), scores, retain_graph=k < len(MODES) - 1)[0])
         maps = torch.nn.functional.interpolate(torch.stack(maps, 1), size=(224, 224), mode="bilinear")
         for p, m in zip(chunk, maps):
-            np.save(out / (p.stem + ".npy"), m.detach().numpy().astype(np.float16))
+            np.save(out / (p.stem + ".npy"), m.detach().cpu().numpy().astype(np.float16))
 
 
 if __name__ == "__main__":
