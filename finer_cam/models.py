@@ -116,9 +116,10 @@ def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: s
     except CheckpointError as exc:
         raise FinerCamError(str(exc)) from None
     head = load_head(classifier_path)
-    if head.in_features != backbone.embed_dim:
-        raise FinerCamError(f"{classifier_path}: the head takes {head.in_features}-dim features but "
-                            f"{model_path} gives {backbone.embed_dim}-dim ones")
-    model = Classifier(backbone, head).to(device).eval()
+    try:
+        model = Classifier(backbone, head)
+    except FinerCamError as exc:  # the width check lives in Classifier; add which files disagree
+        raise FinerCamError(f"{classifier_path} with {model_path}: {exc}") from None
+    model = model.to(device).eval()
     model.requires_grad_(False)
     return model
