@@ -40,6 +40,15 @@ class ImageList:
         return path.relative_to(self.root).as_posix()
 
 
+def walk_images(root: Path) -> list[Path]:
+    """Every image file under ``root``, recursively, in sorted order (symlinked folders not followed: no loops)."""
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        paths.extend(Path(folder) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return paths
+
+
 def find_images(source: str | Path) -> ImageList:
     """A folder (searched recursively, sorted) or a text file of image paths, one a line.
 
@@ -50,10 +59,7 @@ def find_images(source: str | Path) -> ImageList:
     source = Path(source)
     if source.is_dir():
         root = source.resolve()
-        paths = []
-        for folder, dirs, files in os.walk(root):  # symlinked folders are not followed: no loops
-            dirs.sort()
-            paths.extend(Path(folder) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        paths = walk_images(root)
         if not paths:
             raise FinerCamError(f"--dataset_path {source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return ImageList(root, paths)

@@ -16,7 +16,7 @@ from .data import (DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, LabelMatche
                    make_loader, read_class_names)
 from .errors import FinerCamError
 from .io import RunFolder, map_names, save_maps
-from .models import CLASS_LIST, load_classifier, read_sidecar
+from .models import CLASS_LIST, SIDECAR, load_classifier, read_sidecar
 from .targets import DEFAULT_MODES, parse_modes
 
 log = logging.getLogger("finer_cam")
@@ -83,6 +83,19 @@ def _resolve_class_names(cfg: GenerateConfig) -> tuple[list[str], str]:
     return read_class_names(path), str(path)
 
 
+def _check_sidecar_backbone(sidecar: dict, model, cfg: GenerateConfig) -> None:
+    """A head trained on another backbone of the same width would load but explain nonsense: refuse it."""
+    trained = sidecar.get("backbone")
+    if not isinstance(trained, dict):
+        return
+    c = model.backbone.config
+    have = {"embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens, "patch_size": c.patch_size}
+    differ = [f"{k} {trained[k]} vs {v}" for k, v in have.items() if k in trained and trained[k] != v]
+    if differ:
+        raise FinerCamError(f"{cfg.classifier_path}: trained on another backbone than {cfg.model_path} "
+                            f"({'; '.join(differ)}, per its {SIDECAR})")
+
+
 def prepare(cfg: GenerateConfig):
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work."""
     if cfg.save_size not in SAVE_SIZES:
@@ -102,6 +115,7 @@ def prepare(cfg: GenerateConfig):
     if model.num_classes != len(class_names):
         raise FinerCamError(f"{cfg.classifier_path}: the head has {model.num_classes} classes but {class_file} "
                             f"lists {len(class_names)}; pass the head's class list with --class_names")
+    _check_sidecar_backbone(sidecar, model, cfg)
     normalize = cfg.normalize or sidecar.get("normalize") or "imagenet"
     if normalize not in NORMALIZATIONS:
         raise FinerCamError(f"--normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")

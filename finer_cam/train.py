@@ -1,0 +1,494 @@
+"""The work of train_classifier.py: a linear head on frozen DINOv2 features, trained once per dataset.
+
+The head reads exactly what :class:`~finer_cam.models.Classifier` feeds it (the mean of the normalised patch
+tokens), so the file it writes is the official head format that generate_cam.py loads. Backbone features are
+computed once per image and cached; the head then trains on them in seconds per epoch. ``augment`` puts the
+backbone back in the loop on randomly cropped and flipped views.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from torch import nn
+from torch.nn import functional as F
+
+from dinov2 import CheckpointError, load_dinov2
+
+from . import __version__
+from .data import NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
+from .errors import FinerCamError
+from .generate import resolve_device
+from .io import atomic_write_bytes, write_json
+from .models import CLASS_LIST, SIDECAR, Classifier
+
+log = logging.getLogger("finer_cam")
+BEST, LAST, METRICS, STATE = "best_classifier.pth", "last_classifier.pth", "metrics.json", "train_state.pth"
+SPLIT_LAYOUTS = (("train", "test"), ("train", "val"), ("train", "valid"))
+OUTPUTS = (BEST, LAST, CLASS_LIST, SIDECAR, METRICS, STATE)
+
+
+@dataclass
+class TrainConfig:
+    data_root: str
+    model_path: str
+    output_dir: str
+    arch: str = "auto"
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    seed: int = 0
+    val_fraction: float = 0.2  # used only when the data has no test/val folder
+    image_size: int = 224
+    normalize: str = "imagenet"
+    augment: bool = False
+    feature_cache: str | None = None
+    num_workers: int = 2
+    device: str = "auto"
+    precision: str = "fp32"
+    resume: bool = False
+    overwrite: bool = False
+    max_pixels: int | None = 178_956_970
+
+
+# ------------------------------------------------------------------------------------------------ the data
+
+@dataclass
+class Split:
+    """Images and labels of the training and evaluation sets, with the class names in head order."""
+
+    class_names: list[str]
+    train: list[tuple[Path, int]]
+    val: list[tuple[Path, int]]
+    layout: str  # e.g. "train+test", or "split 0.2 (seed 0)"
+    val_name: str  # "test", "val", "valid" or "held-out"
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Class folder name -> its images (searched recursively), for each sub-folder of ``folder``."""
+    classes = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = sub.name
+        if name != name.strip() or "\n" in name:
+            raise FinerCamError(f"{sub}: a class folder name may not start or end with spaces or hold a line break")
+        classes[name] = walk_images(sub)
+    return classes
+
+
+def _drop_empty(classes: dict[str, list[Path]], where: Path) -> dict[str, list[Path]]:
+    for name in [n for n, paths in classes.items() if not paths]:
+        log.warning("%s: no images in this class folder; the class is left out of the head", where / name)
+    return {n: p for n, p in classes.items() if p}
+
+
+def find_split(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """The dataset layout under ``root``: ``train`` with ``test``, ``val`` or ``valid`` beside it, or else one
+    ImageFolder (``root`` itself, or ``root/train`` alone) split per class with a seeded permutation."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FinerCamError(f"--data_root {root}: no such folder")
+    for train_name, val_name in SPLIT_LAYOUTS:
+        if (root / train_name).is_dir() and (root / val_name).is_dir():
+            train = _drop_empty(_class_folders(root / train_name), root / train_name)
+            val = _class_folders(root / val_name)
+            if not train:
+                raise FinerCamError(f"--data_root {root}: {root / train_name} holds no class folders with images")
+            names = list(train)
+            for name in names:
+                if not val.get(name):
+                    log.warning("class %r has no images in %s: its accuracy is not measured", name, root / val_name)
+            for name in val:
+                if name not in train and val[name]:
+                    log.warning("%s: class not in %s; its %d images are left out of the evaluation",
+                                root / val_name / name, root / train_name, len(val[name]))
+            index = {n: i for i, n in enumerate(names)}
+            return Split(names, [(p, index[n]) for n in names for p in train[n]],
+                         [(p, index[n]) for n in names for p in val.get(n, [])], f"{train_name}+{val_name}", val_name)
+    folder = root / "train" if (root / "train").is_dir() else root
+    if not 0 < val_fraction < 1:
+        raise FinerCamError(f"--val_fraction {val_fraction}: expected a fraction between 0 and 1")
+    classes = _drop_empty(_class_folders(folder), folder)
+    if not classes:
+        raise FinerCamError(f"--data_root {root}: no class folders with images (expected ROOT/train and ROOT/test, "
+                            "or one folder per class)")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for i, (name, paths) in enumerate(classes.items()):
+        order = rng.permutation(len(paths))
+        n_val = min(len(paths) - 1, max(1, round(len(paths) * val_fraction))) if len(paths) > 1 else 0
+        if n_val == 0:
+            log.warning("class %r has a single image: it is used for training only", name)
+        val += [(paths[j], i) for j in sorted(order[:n_val])]
+        train += [(paths[j], i) for j in sorted(order[n_val:])]
+    return Split(list(classes), train, val, f"split {val_fraction:g} of {folder.name or folder} (seed {seed})",
+                 "held-out")
+
+
+# ------------------------------------------------------------------------------------------- feature cache
+
+def _file_id(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class FeatureCache:
+    """Backbone features by image, in memory and optionally in ``folder`` (one ``.npz`` per backbone setup).
+
+    The setup key covers the backbone file (path, size, modification time), its architecture, the
+    preprocessing and the precision; an image's key is its path, size and modification time, so an edited
+    image or checkpoint is recomputed, never served stale.
+    """
+
+    def __init__(self, folder: str | Path | None, setup: dict) -> None:
+        self.rows: dict[str, np.ndarray] = {}
+        self.path = None
+        if folder is None:
+            return
+        digest = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:20]
+        self.path = Path(folder) / f"features-{digest}.npz"
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FinerCamError(f"--feature_cache {folder}: cannot create the folder ({exc.strerror})") from None
+        write_json(Path(folder) / f"features-{digest}.json", setup)
+        if self.path.is_file():
+            try:
+                with np.load(self.path, allow_pickle=False) as data:
+                    keys, feats = data["keys"], data["features"]
+                self.rows = {str(k): f for k, f in zip(keys, feats)}
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("%s: unreadable feature cache, recomputing (%s)", self.path, exc)
+        self.saved = len(self.rows)
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.rows.get(key)
+
+    def put(self, key: str, row: np.ndarray) -> None:
+        self.rows[key] = row
+
+    def save(self) -> None:
+        """Write the cache (atomically) when it has grown since it was read or last saved."""
+        if self.path is None or len(self.rows) == self.saved:
+            return
+        keys = np.array(list(self.rows), dtype=str)
+        feats = np.stack(list(self.rows.values())).astype(np.float32)
+        atomic_write_bytes(self.path, lambda f: np.savez(f, keys=keys, features=feats))
+        self.saved = len(self.rows)
+
+
+@dataclass
+class Failures:
+    """Images that could not be read: named when met, counted at the end."""
+
+    items: dict[str, str] = field(default_factory=dict)
+
+    def add(self, path: Path, why: str) -> None:
+        if str(path) not in self.items:
+            log.error("%s: %s (skipped)", path, why)
+        self.items[str(path)] = why
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def extract_features(model: Classifier, paths: list[Path], preprocess, cache: FeatureCache, cfg: TrainConfig,
+                     device: torch.device, failures: Failures, progress=None) -> tuple[torch.Tensor, list[bool]]:
+    """``[N, D]`` features of ``paths`` (rows of failed images are zero) and which rows are valid.
+
+    Cached rows are reused; the rest go through the backbone in batches and join the cache, which is saved
+    every minute or so, so an interrupted run keeps most of its work.
+    """
+    keys = [_file_id(p) if p.is_file() else f"missing|{p}" for p in paths]
+    todo = [i for i, k in enumerate(keys) if cache.get(k) is None]
+    if progress is not None:
+        progress.reset(total=len(todo))
+    dataset = ImageDataset([paths[i] for i in todo], preprocess, cfg.max_pixels)
+    last_save = time.monotonic()
+    for batch in make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"):
+        good = [item for item in batch if item["error"] is None]
+        for item in batch:
+            if item["error"] is not None:
+                failures.add(paths[todo[item["index"]]], item["error"])
+        if good:
+            x = torch.stack([item["image"] for item in good]).to(device, non_blocking=True)
+            with torch.no_grad(), _autocast(device, cfg.precision):
+                feats = model.features(x).float().cpu().numpy()
+            for item, row in zip(good, feats):
+                cache.put(keys[todo[item["index"]]], row)
+        if progress is not None:
+            progress.update(len(batch))
+        if time.monotonic() - last_save > 60:
+            cache.save()
+            last_save = time.monotonic()
+    cache.save()
+    dim = model.backbone.embed_dim
+    rows = [cache.get(k) for k in keys]
+    valid = [r is not None for r in rows]
+    feats = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows]) if rows else np.zeros((0, dim))
+    return torch.from_numpy(feats.astype(np.float32)), valid
+
+
+class _Augment:
+    """RandomResizedCrop (bicubic) and horizontal flip, then the usual normalisation: PIL image -> ``[3, S, S]``."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        side = preprocess.input_size(1, 1)[0]
+        self.transform = T.Compose([T.RandomResizedCrop(side, scale=(0.35, 1.0),
+                                                        interpolation=T.InterpolationMode.BICUBIC),
+                                    T.RandomHorizontalFlip()])
+        self.preprocess = preprocess
+
+    def __call__(self, img):
+        return self.preprocess(self.transform(img))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (0-based): cosine from ``base`` down to 1% of it."""
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs))))
+
+
+def accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    if len(y) == 0:
+        return float("nan")
+    with torch.no_grad():
+        return (head(x).argmax(1) == y).float().mean().item()
+
+
+def _head_state(head: nn.Linear) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu().clone() for k, v in head.state_dict().items()}
+
+
+def _save_torch(path: Path, obj) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+@dataclass
+class TrainResult:
+    class_names: list[str]
+    best_accuracy: float
+    best_epoch: int
+    last_accuracy: float
+    train_images: int
+    val_images: int
+    failed: int
+    output_dir: Path
+    history: list[dict] = field(default_factory=list)
+
+
+def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
+    existing = [n for n in OUTPUTS if (out / n).exists()]
+    if cfg.resume:
+        if not (out / STATE).is_file():
+            raise FinerCamError(f"--resume: {out / STATE} does not exist; nothing to resume")
+        return
+    if existing and not cfg.overwrite:
+        raise FinerCamError(f"--output_dir {out}: already holds {', '.join(existing)}; use --overwrite to replace "
+                            "them or --resume to continue that training")
+
+
+def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
+    c = model.backbone.config
+    return {"kind": "dinov2", "arch": cfg.arch, "path": str(Path(cfg.model_path).resolve()),
+            "embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens,
+            "patch_size": c.patch_size}
+
+
+def run_train(cfg: TrainConfig, progress_factory=None) -> TrainResult:
+    """Train, evaluate and save the head; ``progress_factory(desc)`` returns a tqdm-like bar (or None)."""
+    for flag, value in (("--epochs", cfg.epochs), ("--batch_size", cfg.batch_size), ("--image_size", cfg.image_size)):
+        if value < 1:
+            raise FinerCamError(f"{flag} must be at least 1")
+    if cfg.lr <= 0:
+        raise FinerCamError("--lr must be positive")
+    if cfg.normalize not in NORMALIZATIONS:
+        raise FinerCamError(f"--normalize {cfg.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    out = Path(cfg.output_dir)
+    _check_output_dir(out, cfg)
+    device = resolve_device(cfg.device)
+    split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
+    try:
+        backbone = load_dinov2(str(cfg.model_path), arch=cfg.arch, map_location="cpu")
+    except CheckpointError as exc:
+        raise FinerCamError(str(exc)) from None
+    num_classes = len(split.class_names)
+    model = Classifier(backbone, nn.Linear(backbone.embed_dim, num_classes)).to(device).eval()
+    model.requires_grad_(False)
+    mean, std = NORMALIZATIONS[cfg.normalize]
+    preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
+    backbone_info = _backbone_info(cfg, model)
+    model_file = Path(cfg.model_path)
+    setup = {"backbone": {**backbone_info, "file": _file_id(model_file)},
+             "preprocessing": preprocess.to_json(), "precision": cfg.precision}
+    cache = FeatureCache(cfg.feature_cache, setup)
+    failures = Failures()
+    log.info("%s: %d classes, %d training and %d %s images (%s)", cfg.data_root, num_classes, len(split.train),
+             len(split.val), split.val_name, split.layout)
+
+    def bar(desc):
+        return progress_factory(desc) if progress_factory else None
+
+    def features_of(items, desc):
+        b = bar(desc)
+        try:
+            x, valid = extract_features(model, [p for p, _ in items], preprocess, cache, cfg, device, failures, b)
+        finally:
+            if b is not None:
+                b.close()
+        keep = torch.tensor(valid, dtype=torch.bool)
+        y = torch.tensor([label for _, label in items], dtype=torch.long)
+        return x[keep], y[keep]
+
+    val_x, val_y = features_of(split.val, f"features ({split.val_name})")
+    if not cfg.augment:
+        train_x, train_y = features_of(split.train, "features (train)")
+        if len(train_y) == 0:
+            raise FinerCamError(f"--data_root {cfg.data_root}: none of the training images could be read")
+    head = nn.Linear(backbone.embed_dim, num_classes)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        nn.init.normal_(head.weight, std=0.01, generator=generator)
+        head.bias.zero_()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, best_acc, best_epoch, best_state, history = 0, -1.0, 0, _head_state(head), []
+    if cfg.resume:
+        start, best_acc, best_epoch, best_state, history = _load_state(out, head, optimizer, split.class_names,
+                                                                       backbone_info)
+        log.info("resuming after epoch %d of %d", start, cfg.epochs)
+    train_items = split.train
+    out.mkdir(parents=True, exist_ok=True)
+    epoch_bar = bar("epochs")
+    if epoch_bar is not None:
+        epoch_bar.reset(total=cfg.epochs)
+        epoch_bar.update(start)
+    try:
+        for epoch in range(start, cfg.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            if cfg.augment:
+                batches = _augmented_batches(model, train_items, preprocess, cfg, device, failures, g)
+            else:
+                order = torch.randperm(len(train_y), generator=g)
+                batches = ((train_x[idx], train_y[idx]) for idx in order.split(cfg.batch_size))
+            total_loss, seen = 0.0, 0
+            head.train()
+            for xb, yb in batches:
+                loss = F.cross_entropy(head(xb.to(head.weight.device)), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(yb)
+                seen += len(yb)
+            head.eval()
+            val_acc = accuracy(head, val_x, val_y)
+            train_acc = accuracy(head, train_x, train_y) if not cfg.augment else float("nan")
+            history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                            "loss": total_loss / max(1, seen), "train_accuracy": _num(train_acc),
+                            "val_accuracy": _num(val_acc)})
+            # no evaluation images: the last head is the best one
+            if math.isnan(val_acc) or val_acc > best_acc:
+                best_acc, best_epoch, best_state = (-1.0 if math.isnan(val_acc) else val_acc), epoch + 1, _head_state(head)
+            _save_torch(out / STATE, {"epoch": epoch + 1, "head": _head_state(head),
+                                      "optimizer": optimizer.state_dict(), "best_accuracy": best_acc,
+                                      "best_epoch": best_epoch, "best_head": best_state,
+                                      "class_names": split.class_names, "backbone": backbone_info,
+                                      "history": json.dumps(history)})
+            if epoch_bar is not None:
+                epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{val_acc:.3f}")
+                epoch_bar.update(1)
+    finally:
+        if epoch_bar is not None:
+            epoch_bar.close()
+    last_acc = history[-1]["val_accuracy"] if history else None
+    result = TrainResult(split.class_names, best_acc if best_acc >= 0 else float("nan"), best_epoch,
+                         last_acc if last_acc is not None else float("nan"), len(split.train), len(split.val),
+                         len(failures.items), out, history)
+    _write_outputs(out, cfg, split, head, best_state, result, backbone_info, preprocess, failures)
+    return result
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else round(v, 6)
+
+
+def _augmented_batches(model, items, preprocess, cfg, device, failures, generator):
+    """One epoch of ``(features, labels)`` on augmented views, the backbone in the loop (without gradients)."""
+    paths = [p for p, _ in items]
+    labels = torch.tensor([label for _, label in items])
+    dataset = ImageDataset(paths, _Augment(preprocess), cfg.max_pixels)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.num_workers,
+        collate_fn=keep_as_list)
+    for batch in loader:
+        good = [item for item in batch if item["error"] is None]
+        for item in batch:
+            if item["error"] is not None:
+                failures.add(paths[item["index"]], item["error"])
+        if not good:
+            continue
+        x = torch.stack([item["image"] for item in good]).to(device)
+        with torch.no_grad(), _autocast(device, cfg.precision):
+            feats = model.features(x).float().cpu()
+        yield feats, labels[[item["index"] for item in good]]
+
+
+def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict):
+    path = out / STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["class_names"] != class_names:
+            raise FinerCamError(f"--resume: {path} was trained on other classes than {len(class_names)} found now")
+        if {k: v for k, v in state["backbone"].items() if k != "arch"} != \
+                {k: v for k, v in backbone_info.items() if k != "arch"}:
+            raise FinerCamError(f"--resume: {path} was trained on another backbone ({state['backbone']['path']})")
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        return (int(state["epoch"]), float(state["best_accuracy"]), int(state["best_epoch"]), state["best_head"],
+                json.loads(state["history"]))
+    except FinerCamError:
+        raise
+    except Exception as exc:  # a torn or foreign file: say which
+        raise FinerCamError(f"--resume: {path} is not a readable training state ({str(exc).splitlines()[0]})") from None
+
+
+def _write_outputs(out: Path, cfg: TrainConfig, split: Split, head: nn.Linear, best_state, result: TrainResult,
+                   backbone_info: dict, preprocess: Preprocess, failures: Failures) -> None:
+    _save_torch(out / BEST, best_state)
+    _save_torch(out / LAST, _head_state(head))
+    text = "".join(n + "\n" for n in split.class_names)
+    atomic_write_bytes(out / CLASS_LIST, lambda f: f.write(text.encode("utf-8")))
+    accuracy_info = {"split": split.val_name, "best": _num(result.best_accuracy), "best_epoch": result.best_epoch,
+                     "last": _num(result.last_accuracy)}
+    write_json(out / SIDECAR, {
+        "format": 1,
+        "backbone": backbone_info,
+        "num_classes": len(split.class_names),
+        "class_names_file": CLASS_LIST,
+        "image_size": cfg.image_size,
+        "normalize": cfg.normalize,
+        "preprocessing": {**preprocess.to_json(), "normalize": cfg.normalize},
+        "features": "mean of the final-norm patch tokens",
+        "accuracy": accuracy_info,
+        "data": {"root": str(Path(cfg.data_root).resolve()), "layout": split.layout,
+                 "train_images": len(split.train), "val_images": len(split.val), "failed_images": len(failures.items)},
+        "training": {k: v for k, v in asdict(cfg).items()
+                     if k in ("epochs", "lr", "weight_decay", "batch_size", "seed", "augment", "precision")}
+        | {"optimizer": "AdamW", "schedule": "cosine"},
+        "versions": {"finer_cam": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    })
+    write_json(out / METRICS, {"accuracy": accuracy_info, "epochs": result.history,
+                               "failed_images": failures.items})
