@@ -6,10 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tqdm import tqdm
-
 from finer_cam.cam import METHODS
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging
+from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.generate import SAVE_SIZES, GenerateConfig, run_generate
 from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
@@ -84,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = GenerateConfig(**fields)
 
     def body() -> int:
-        with tqdm(desc="Finer-CAM", unit="img", dynamic_ncols=True, total=0) as bar:
-            summary = run_generate(cfg, progress=bar)
+        summary = run_generate(cfg, progress=tqdm_bar)
         print(f"{PROG}: {summary.processed} explained, {summary.skipped} already done, {summary.failed} failed "
               f"of {summary.total}; maps in {cfg.save_dir}", file=sys.stderr)
         if summary.label_fallback:

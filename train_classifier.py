@@ -7,9 +7,7 @@ import argparse
 import math
 import sys
 
-from tqdm import tqdm
-
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging
+from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar, tqdm_bar
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.train import TrainConfig, run_train
 
@@ -65,11 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
-    def bar(desc):
-        return tqdm(desc=desc, unit="img" if desc.startswith("features") else "epoch", dynamic_ncols=True, total=0)
-
     def body() -> int:
-        result = run_train(cfg, progress_factory=bar)
+        result = run_train(cfg, progress=tqdm_bar)
         best = "n/a" if math.isnan(result.best_accuracy) else f"{result.best_accuracy:.4f}"
         print(f"{PROG}: {len(result.class_names)} classes, {result.train_images} training images; best accuracy "
               f"{best} (epoch {result.best_epoch}); head, class list and sidecar in {result.output_dir}",

@@ -20,6 +20,11 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
+def tqdm_bar(desc: str, total: int, unit: str = "img") -> tqdm:
+    """The CLIs' progress bar (a :data:`finer_cam.progress.BarFactory`): rate, count and time left."""
+    return tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True)
+
+
 def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger("finer_cam")
     root.handlers[:] = [_TqdmHandler()]

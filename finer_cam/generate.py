@@ -17,6 +17,7 @@ from .data import (DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, LabelMatche
 from .errors import FinerCamError
 from .io import RunFolder, map_names, save_maps
 from .models import CLASS_LIST, SIDECAR, load_classifier, read_sidecar
+from .progress import BarFactory, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 
 log = logging.getLogger("finer_cam")
@@ -152,8 +153,8 @@ def prepare(cfg: GenerateConfig):
     return model, engine, images, preprocess, class_names, run_info, device
 
 
-def run_generate(cfg: GenerateConfig, progress=None) -> Summary:
-    """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``; ``progress`` is a tqdm-like bar."""
+def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None) -> Summary:
+    """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``."""
     model, engine, images, preprocess, class_names, run_info, device = prepare(cfg)
     folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
     matcher = LabelMatcher(class_names)
@@ -161,10 +162,9 @@ def run_generate(cfg: GenerateConfig, progress=None) -> Summary:
     npy_names = map_names(rel_paths)
     todo = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(todo))
-    if progress is not None:
-        progress.reset(total=len(todo))
     dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels)
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
+    bar = open_bar(progress, "Finer-CAM", len(todo))
     try:
         for batch in loader:
             for item in batch:
@@ -177,9 +177,9 @@ def run_generate(cfg: GenerateConfig, progress=None) -> Summary:
             good = [item for item in batch if item["error"] is None]
             for group in _group_by_shape(good):
                 _explain_group(group, cfg, engine, folder, matcher, rel_paths, todo, npy_names, device, summary)
-            if progress is not None:
-                progress.update(len(batch))
+            bar.update(len(batch))
     finally:
+        bar.close()
         folder.close()
     folder.finish(summary.to_json())
     return summary

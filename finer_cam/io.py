@@ -61,6 +61,40 @@ def map_names(relative_images: list[str]) -> dict[str, str]:
     return out
 
 
+def read_index(path: Path) -> dict[str, dict]:
+    """``index.jsonl`` as image -> entry (the last line of an image wins; torn lines are dropped)."""
+    entries: dict[str, dict] = {}
+    if not path.exists():
+        return entries
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill
+            if isinstance(entry, dict) and isinstance(entry.get("image"), str):
+                entries[entry["image"]] = entry
+    return entries
+
+
+def read_run(cam_dir: str | Path, flag: str = "--cam_dir") -> tuple[dict, dict[str, dict]]:
+    """A generate_cam.py output folder: its ``run.json`` and its index entries (see :func:`read_index`)."""
+    folder = Path(cam_dir)
+    if not folder.is_dir():
+        raise FinerCamError(f"{flag} {cam_dir}: no such folder")
+    run_path = folder / RUN_FILE
+    if not run_path.is_file():
+        raise FinerCamError(f"{flag} {cam_dir}: no {RUN_FILE} (not a folder written by generate_cam.py)")
+    try:
+        run_info = json.loads(run_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FinerCamError(f"{run_path}: unreadable ({exc})") from None
+    if not isinstance(run_info, dict) or not isinstance(run_info.get("modes"), list) or \
+            not isinstance(run_info.get("class_names"), list):
+        raise FinerCamError(f"{run_path}: not a generate_cam.py run description (no modes or class_names)")
+    return run_info, read_index(folder / INDEX_FILE)
+
+
 class RunFolder:
     """``save_dir`` with its ``run.json`` and append-only ``index.jsonl``.
 
@@ -88,28 +122,13 @@ class RunFolder:
             if changed:
                 raise FinerCamError(f"{run_path}: this folder holds a run with a different {', '.join(changed)}; "
                                     "use another --save_dir, or --overwrite to replace it")
-            self.entries = self._read_index()
+            self.entries = read_index(self.dir / INDEX_FILE)
         write_json(run_path, run_info)
         # rewrite the index compacted: one line per finished image, no torn line; errors and lost maps are redone
         self.entries = {k: v for k, v in self.entries.items() if self.is_done(k)}
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries.values())
         atomic_write_bytes(self.dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
         self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
-
-    def _read_index(self) -> dict[str, dict]:
-        entries: dict[str, dict] = {}
-        path = self.dir / INDEX_FILE
-        if not path.exists():
-            return entries
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by a kill
-                if isinstance(entry, dict) and isinstance(entry.get("image"), str):
-                    entries[entry["image"]] = entry
-        return entries
 
     def is_done(self, image: str) -> bool:
         entry = self.entries.get(image)

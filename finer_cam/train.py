@@ -31,6 +31,7 @@ from .errors import FinerCamError
 from .generate import resolve_device
 from .io import atomic_write_bytes, write_json
 from .models import CLASS_LIST, SIDECAR, Classifier
+from .progress import BarFactory, open_bar
 
 log = logging.getLogger("finer_cam")
 BEST, LAST, METRICS, STATE = "best_classifier.pth", "last_classifier.pth", "metrics.json", "train_state.pth"
@@ -204,7 +205,8 @@ def _autocast(device: torch.device, precision: str):
 
 
 def extract_features(model: Classifier, paths: list[Path], preprocess, cache: FeatureCache, cfg: TrainConfig,
-                     device: torch.device, failures: Failures, progress=None) -> tuple[torch.Tensor, list[bool]]:
+                     device: torch.device, failures: Failures, progress: BarFactory | None = None,
+                     desc: str = "features") -> tuple[torch.Tensor, list[bool]]:
     """``[N, D]`` features of ``paths`` (rows of failed images are zero) and which rows are valid.
 
     Cached rows are reused; the rest go through the backbone in batches and join the cache, which is saved
@@ -212,26 +214,24 @@ def extract_features(model: Classifier, paths: list[Path], preprocess, cache: Fe
     """
     keys = [_file_id(p) if p.is_file() else f"missing|{p}" for p in paths]
     todo = [i for i, k in enumerate(keys) if cache.get(k) is None]
-    if progress is not None:
-        progress.reset(total=len(todo))
     dataset = ImageDataset([paths[i] for i in todo], preprocess, cfg.max_pixels)
     last_save = time.monotonic()
-    for batch in make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"):
-        good = [item for item in batch if item["error"] is None]
-        for item in batch:
-            if item["error"] is not None:
-                failures.add(paths[todo[item["index"]]], item["error"])
-        if good:
-            x = torch.stack([item["image"] for item in good]).to(device, non_blocking=True)
-            with torch.no_grad(), _autocast(device, cfg.precision):
-                feats = model.features(x).float().cpu().numpy()
-            for item, row in zip(good, feats):
-                cache.put(keys[todo[item["index"]]], row)
-        if progress is not None:
-            progress.update(len(batch))
-        if time.monotonic() - last_save > 60:
-            cache.save()
-            last_save = time.monotonic()
+    with open_bar(progress, desc, len(todo)) as bar:
+        for batch in make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"):
+            good = [item for item in batch if item["error"] is None]
+            for item in batch:
+                if item["error"] is not None:
+                    failures.add(paths[todo[item["index"]]], item["error"])
+            if good:
+                x = torch.stack([item["image"] for item in good]).to(device, non_blocking=True)
+                with torch.no_grad(), _autocast(device, cfg.precision):
+                    feats = model.features(x).float().cpu().numpy()
+                for item, row in zip(good, feats):
+                    cache.put(keys[todo[item["index"]]], row)
+            bar.update(len(batch))
+            if time.monotonic() - last_save > 60:
+                cache.save()
+                last_save = time.monotonic()
     cache.save()
     dim = model.backbone.embed_dim
     rows = [cache.get(k) for k in keys]
@@ -307,8 +307,8 @@ def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
             "patch_size": c.patch_size}
 
 
-def run_train(cfg: TrainConfig, progress_factory=None) -> TrainResult:
-    """Train, evaluate and save the head; ``progress_factory(desc)`` returns a tqdm-like bar (or None)."""
+def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResult:
+    """Train, evaluate and save the head, showing progress through ``progress``."""
     for flag, value in (("--epochs", cfg.epochs), ("--batch_size", cfg.batch_size), ("--image_size", cfg.image_size)):
         if value < 1:
             raise FinerCamError(f"{flag} must be at least 1")
@@ -338,16 +338,9 @@ def run_train(cfg: TrainConfig, progress_factory=None) -> TrainResult:
     log.info("%s: %d classes, %d training and %d %s images (%s)", cfg.data_root, num_classes, len(split.train),
              len(split.val), split.val_name, split.layout)
 
-    def bar(desc):
-        return progress_factory(desc) if progress_factory else None
-
     def features_of(items, desc):
-        b = bar(desc)
-        try:
-            x, valid = extract_features(model, [p for p, _ in items], preprocess, cache, cfg, device, failures, b)
-        finally:
-            if b is not None:
-                b.close()
+        x, valid = extract_features(model, [p for p, _ in items], preprocess, cache, cfg, device, failures,
+                                    progress, desc)
         keep = torch.tensor(valid, dtype=torch.bool)
         y = torch.tensor([label for _, label in items], dtype=torch.long)
         return x[keep], y[keep]
@@ -370,11 +363,9 @@ def run_train(cfg: TrainConfig, progress_factory=None) -> TrainResult:
         log.info("resuming after epoch %d of %d", start, cfg.epochs)
     train_items = split.train
     out.mkdir(parents=True, exist_ok=True)
-    epoch_bar = bar("epochs")
-    if epoch_bar is not None:
-        epoch_bar.reset(total=cfg.epochs)
-        epoch_bar.update(start)
-    try:
+    epoch_bar = open_bar(progress, "epochs", cfg.epochs, unit="epoch")
+    epoch_bar.update(start)
+    with epoch_bar:
         for epoch in range(start, cfg.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
@@ -407,12 +398,8 @@ def run_train(cfg: TrainConfig, progress_factory=None) -> TrainResult:
                                       "best_epoch": best_epoch, "best_head": best_state,
                                       "class_names": split.class_names, "backbone": backbone_info,
                                       "history": json.dumps(history)})
-            if epoch_bar is not None:
-                epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{val_acc:.3f}")
-                epoch_bar.update(1)
-    finally:
-        if epoch_bar is not None:
-            epoch_bar.close()
+            epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{val_acc:.3f}")
+            epoch_bar.update(1)
     last_acc = history[-1]["val_accuracy"] if history else None
     result = TrainResult(split.class_names, best_acc if best_acc >= 0 else float("nan"), best_epoch,
                          last_acc if last_acc is not None else float("nan"), len(split.train), len(split.val),

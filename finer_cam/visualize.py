@@ -1,0 +1,263 @@
+"""The work of visualize.py: one labelled strip per explained image, and an optional grid figure.
+
+A strip is, left to right: the image; an example image of its first reference class (the class the first
+contrasting mode compared against), taken from the dataset; then one overlay per mode. Everything needed is
+in the generate_cam.py output folder (``run.json``, ``index.jsonl``, the maps) and the dataset it names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import ImageError, LabelMatcher, load_image, walk_images
+from .errors import FinerCamError
+from .io import atomic_write_bytes, load_maps, read_run
+from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
+from .progress import BarFactory, open_bar
+
+log = logging.getLogger("finer_cam")
+FORMATS = ("jpg", "png")
+
+
+@dataclass
+class VisualizeConfig:
+    cam_dir: str
+    save_dir: str
+    dataset_dir: str | None = None  # None: the dataset_root of run.json
+    size: int | None = None  # panel height in pixels; None: the image's own
+    colormap: str = "jet"
+    alpha: float = 0.5
+    format: str = "jpg"
+    limit: int | None = None
+    images: list[str] | None = None  # relative paths or glob patterns
+    grid: str | None = None
+    grid_rows: int = 6
+
+
+@dataclass
+class VisualizeSummary:
+    total: int = 0
+    written: int = 0
+    failed: int = 0
+    not_explained: int = 0  # index lines of images that generate_cam.py could not read
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def mode_label(mode: dict) -> str:
+    """``finer (α=0.6)``; a softmax-weighted mode says so."""
+    alpha = f"{mode['alpha']:g}"
+    return f"{mode['name']} (α={alpha}{', softmax' if mode.get('weighting') == 'softmax' else ''})"
+
+
+def _prob(entry: dict, cls: int) -> float | None:
+    top = entry.get("top5") or {}
+    for i, p in zip(top.get("indices", []), top.get("probs", [])):
+        if i == cls:
+            return p
+    return None
+
+
+def _with_prob(text: str, p: float | None) -> str:
+    return f"{text} p={p:.3f}" if p is not None else f"{text} (not in top 5)"
+
+
+def first_reference(entry: dict, modes: list[dict]) -> int | None:
+    """The rank-1 reference of the first mode that compares against any class (None when no mode does)."""
+    refs = entry.get("references") or {}
+    for mode in modes:
+        if mode.get("alpha") and refs.get(mode["name"]):
+            return refs[mode["name"]][0]
+    return None
+
+
+class Examples:
+    """Example images by class, found in the dataset's class folders (folder names matched as generate_cam.py
+    matches them); the index's own labels serve first."""
+
+    def __init__(self, root: Path, class_names: list[str], entries: dict[str, dict]) -> None:
+        self.root = root
+        self.by_class: dict[int, list[str]] = {}
+        for rel, entry in entries.items():
+            if isinstance(entry.get("label"), int) and "error" not in entry:
+                self.by_class.setdefault(entry["label"], []).append(rel)
+        self.matcher = LabelMatcher(class_names)
+        self.scanned = False
+
+    def _scan(self) -> None:
+        self.scanned = True
+        if not self.root.is_dir():
+            return
+        for path in walk_images(self.root):
+            label = self.matcher(path.parent.name)
+            rel = path.relative_to(self.root).as_posix()
+            if label is not None and rel not in self.by_class.get(label, []):
+                self.by_class.setdefault(label, []).append(rel)
+
+    def pick(self, cls: int, not_this: str) -> str | None:
+        """A relative path of an image of ``cls`` other than ``not_this`` (first in sorted order)."""
+        options = sorted(r for r in self.by_class.get(cls, []) if r != not_this)
+        if not options and not self.scanned:
+            self._scan()
+            options = sorted(r for r in self.by_class.get(cls, []) if r != not_this)
+        return options[0] if options else None
+
+
+def select(entries: dict[str, dict], patterns: list[str] | None, limit: int | None) -> list[dict]:
+    """Entries in path order, those matching any of ``patterns`` (exact paths or globs), at most ``limit``."""
+    chosen = [entries[k] for k in sorted(entries)]
+    if patterns:
+        chosen = [e for e in chosen if any(e["image"] == p or fnmatch.fnmatchcase(e["image"], p) for p in patterns)]
+    return chosen[:limit] if limit is not None else chosen
+
+
+def _placeholder(height: int, width: int) -> np.ndarray:
+    return np.full((height, max(width, 1), 3), 235, np.uint8)
+
+
+def make_strip(image: np.ndarray, maps: np.ndarray, entry: dict, run_info: dict, example: np.ndarray | None,
+               lut: np.ndarray, alpha: float, height: int | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The labelled strip of one image ``[H, W, 3]`` and its maps ``[M, h, w]``; also returns the heats."""
+    if height is not None:
+        image = resize_image(image, height)
+    h, w = image.shape[:2]
+    heats = [fit_map(m, (w, h)) for m in maps]
+    names = run_info["class_names"]
+    modes = run_info["modes"]
+
+    def name(i):
+        return names[i] if isinstance(i, int) and 0 <= i < len(names) else "?"
+
+    target = entry.get("target")
+    lines = [_with_prob(name(target), _prob(entry, target))]
+    if entry.get("predicted") is not None and entry.get("predicted") != target:
+        lines.append(_with_prob(f"predicted {name(entry['predicted'])}", _prob(entry, entry["predicted"])))
+    else:
+        lines.append("image (target class)")
+    panels = [label_panel(image, lines)]
+    ref = first_reference(entry, modes)
+    if ref is not None:
+        ex = resize_image(example, h) if example is not None else _placeholder(h, w)
+        panels.append(label_panel(ex, [_with_prob(name(ref), _prob(entry, ref)),
+                                       "most similar class" if example is not None else "no example image found"]))
+    for mode, heat in zip(modes, heats):
+        refs = (entry.get("references") or {}).get(mode["name"]) or []
+        second = f"vs {', '.join(name(r) for r in refs)}" if mode.get("alpha") and refs else "plain CAM"
+        panels.append(label_panel(blend(image, heat, lut, alpha), [mode_label(mode), second]))
+    return compose_strip(panels), heats
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG" if fmt == "jpg" else "PNG", **({"quality": 92} if fmt == "jpg" else {}))
+    return buf.getvalue()
+
+
+def check_config(cfg: VisualizeConfig) -> np.ndarray:
+    if cfg.format not in FORMATS:
+        raise FinerCamError(f"--format {cfg.format!r}: expected one of {', '.join(FORMATS)}")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise FinerCamError(f"--alpha {cfg.alpha}: expected a blend weight between 0 and 1")
+    if cfg.size is not None and cfg.size < 8:
+        raise FinerCamError(f"--size {cfg.size}: expected a panel height of at least 8 pixels")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise FinerCamError("--limit must be at least 1")
+    if cfg.grid is not None and Path(cfg.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise FinerCamError(f"--grid {cfg.grid}: give a .png, .pdf, .svg or .jpg file name")
+    return colormap_lut(cfg.colormap)
+
+
+def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None) -> VisualizeSummary:
+    """Write the strips (and the grid) for the images of ``cfg.cam_dir``, showing progress through ``progress``."""
+    lut = check_config(cfg)
+    run_info, entries = read_run(cfg.cam_dir)
+    root = Path(cfg.dataset_dir or run_info.get("dataset_root", ""))
+    if cfg.dataset_dir and not root.is_dir():
+        raise FinerCamError(f"--dataset_dir {cfg.dataset_dir}: no such folder")
+    summary = VisualizeSummary()
+    failed_before = [e for e in entries.values() if "error" in e]
+    summary.not_explained = len(failed_before)
+    explained = {k: e for k, e in entries.items() if "error" not in e}
+    chosen = select(explained, cfg.images, cfg.limit)
+    if not chosen:
+        what = f"matching {' '.join(cfg.images)}" if cfg.images else "with maps"
+        raise FinerCamError(f"--cam_dir {cfg.cam_dir}: no explained images {what} in index.jsonl")
+    summary.total = len(chosen)
+    examples = Examples(root, run_info["class_names"], explained)
+    n_modes = len(run_info["modes"])
+    grid_rows = []
+    with open_bar(progress, "overlays", len(chosen)) as bar:
+        for entry in chosen:
+            _draw_one(entry, cfg, run_info, root, examples, lut, n_modes, grid_rows, summary)
+            bar.update(1)
+    if cfg.grid and grid_rows:
+        fig = grid_figure(grid_rows, [mode_label(m) for m in run_info["modes"]], lut, cfg.alpha)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=Path(cfg.grid).suffix.lower().lstrip(".").replace("jpg", "jpeg"))
+        atomic_write_bytes(Path(cfg.grid), lambda f: f.write(buf.getvalue()))
+    return summary
+
+
+def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, examples: Examples, lut: np.ndarray,
+              n_modes: int, grid_rows: list, summary: VisualizeSummary) -> None:
+    """One image's strip, written; a bad image or map file is logged and counted, not raised."""
+    rel = entry["image"]
+    try:
+        image = np.asarray(load_image(root / rel))
+        maps = _read_maps(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), n_modes)
+        ref = first_reference(entry, run_info["modes"])
+        example = None
+        if ref is not None:
+            ex_rel = examples.pick(ref, not_this=rel)
+            if ex_rel is not None:
+                try:
+                    example = np.asarray(load_image(root / ex_rel))
+                except ImageError as exc:
+                    log.warning("%s: example image unreadable (%s)", root / ex_rel, exc)
+        strip, heats = make_strip(image, maps, entry, run_info, example, lut, cfg.alpha, cfg.size)
+        name = Path(entry.get("map", rel)).with_suffix("." + cfg.format)
+        atomic_write_bytes(Path(cfg.save_dir) / name, lambda f: f.write(_encode(strip, cfg.format)))
+        summary.written += 1
+        if cfg.grid and len(grid_rows) < cfg.grid_rows:
+            small = resize_image(image, 160)
+            grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats], _grid_title(entry, run_info)))
+    except (ImageError, _MapError) as exc:
+        where = root / rel if isinstance(exc, ImageError) else exc.path
+        summary.failed += 1
+        summary.errors.append((rel, str(exc)))
+        log.error("%s: %s (skipped)", where, exc)
+    except OSError as exc:
+        raise FinerCamError(f"--save_dir {cfg.save_dir}: cannot write ({exc.strerror or exc})") from None
+
+
+def _grid_title(entry: dict, run_info: dict) -> str:
+    names = run_info["class_names"]
+    t = entry.get("target")
+    return names[t] if isinstance(t, int) and 0 <= t < len(names) else entry["image"]
+
+
+class _MapError(Exception):
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _read_maps(path: Path, n_modes: int) -> np.ndarray:
+    """``[M, h, w]`` maps of one image, checked against run.json's modes; raises _MapError."""
+    if not path.is_file():
+        raise _MapError(path, "map file missing")
+    try:
+        maps = load_maps(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _MapError(path, f"not a readable .npy map file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if maps.ndim != 3 or maps.shape[0] != n_modes or min(maps.shape[1:]) < 1:
+        raise _MapError(path, f"maps of shape {maps.shape}, expected [{n_modes}, H, W] for the run's {n_modes} modes")
+    if not np.issubdtype(maps.dtype, np.floating) or not np.isfinite(maps).all():
+        raise _MapError(path, f"maps must be finite floats (dtype {maps.dtype})")
+    return maps
