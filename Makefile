@@ -1,7 +1,7 @@
 PYTHON ?= python
 ORACLE_DIR := .oracles/dinov2_official
 
-.PHONY: install test-deps test demo bench
+.PHONY: install test-deps test demo toy-backbone bench
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -18,5 +18,10 @@ test: test-deps
 bench: test-deps
 	$(PYTHON) bench/bench_generate.py
 
-demo:
-	@echo "make demo: the toy data set and backbone it runs on are not built yet (see README, Status)." >&2; exit 1
+# the whole pipeline on the embedded toy world (data generated once into datasets/toy, outputs in outputs/demo)
+demo: install
+	$(PYTHON) -m finer_cam.demo
+
+# retrain the shipped toy backbone (about 2 minutes on 2 CPU cores)
+toy-backbone: install
+	$(PYTHON) -m finer_cam.toy backbone

@@ -268,6 +268,13 @@ def accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
         return (head(x).argmax(1) == y).float().mean().item()
 
 
+def mean_loss(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    if len(y) == 0:
+        return float("nan")
+    with torch.no_grad():
+        return F.cross_entropy(head(x), y).item()
+
+
 def _head_state(head: nn.Linear) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().clone() for k, v in head.state_dict().items()}
 
@@ -356,10 +363,10 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
         nn.init.normal_(head.weight, std=0.01, generator=generator)
         head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, best_acc, best_epoch, best_state, history = 0, -1.0, 0, _head_state(head), []
+    start, best_acc, best_loss, best_epoch, best_state, history = 0, -1.0, math.inf, 0, _head_state(head), []
     if cfg.resume:
-        start, best_acc, best_epoch, best_state, history = _load_state(out, head, optimizer, split.class_names,
-                                                                       backbone_info)
+        start, best_acc, best_loss, best_epoch, best_state, history = _load_state(
+            out, head, optimizer, split.class_names, backbone_info)
         log.info("resuming after epoch %d of %d", start, cfg.epochs)
     train_items = split.train
     out.mkdir(parents=True, exist_ok=True)
@@ -385,16 +392,18 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
                 total_loss += loss.item() * len(yb)
                 seen += len(yb)
             head.eval()
-            val_acc = accuracy(head, val_x, val_y)
+            val_acc, val_loss = accuracy(head, val_x, val_y), mean_loss(head, val_x, val_y)
             train_acc = accuracy(head, train_x, train_y) if not cfg.augment else float("nan")
             history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                             "loss": total_loss / max(1, seen), "train_accuracy": _num(train_acc),
-                            "val_accuracy": _num(val_acc)})
-            # no evaluation images: the last head is the best one
-            if math.isnan(val_acc) or val_acc > best_acc:
-                best_acc, best_epoch, best_state = (-1.0 if math.isnan(val_acc) else val_acc), epoch + 1, _head_state(head)
+                            "val_accuracy": _num(val_acc), "val_loss": _num(val_loss)})
+            # the best head: highest evaluation accuracy, then lowest evaluation loss; with no evaluation
+            # images, the last one
+            if math.isnan(val_acc) or val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
+                best_acc = -1.0 if math.isnan(val_acc) else val_acc
+                best_loss, best_epoch, best_state = val_loss, epoch + 1, _head_state(head)
             _save_torch(out / STATE, {"epoch": epoch + 1, "head": _head_state(head),
-                                      "optimizer": optimizer.state_dict(), "best_accuracy": best_acc,
+                                      "optimizer": optimizer.state_dict(), "best_accuracy": best_acc, "best_loss": best_loss,
                                       "best_epoch": best_epoch, "best_head": best_state,
                                       "class_names": split.class_names, "backbone": backbone_info,
                                       "history": json.dumps(history)})
@@ -444,8 +453,8 @@ def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], b
             raise FinerCamError(f"--resume: {path} was trained on another backbone ({state['backbone']['path']})")
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        return (int(state["epoch"]), float(state["best_accuracy"]), int(state["best_epoch"]), state["best_head"],
-                json.loads(state["history"]))
+        return (int(state["epoch"]), float(state["best_accuracy"]), float(state["best_loss"]), int(state["best_epoch"]),
+                state["best_head"], json.loads(state["history"]))
     except FinerCamError:
         raise
     except Exception as exc:  # a torn or foreign file: say which

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data import ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
-from .io import atomic_write_bytes, load_maps, read_run
+from .io import MapFileError, atomic_write_bytes, read_map_file, read_run
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, open_bar
 
@@ -210,7 +210,7 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
     rel = entry["image"]
     try:
         image = np.asarray(load_image(root / rel))
-        maps = _read_maps(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), n_modes)
+        maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), n_modes)
         ref = first_reference(entry, run_info["modes"])
         example = None
         if ref is not None:
@@ -227,7 +227,7 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
         if cfg.grid and len(grid_rows) < cfg.grid_rows:
             small = resize_image(image, 160)
             grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats], _grid_title(entry, run_info)))
-    except (ImageError, _MapError) as exc:
+    except (ImageError, MapFileError) as exc:
         where = root / rel if isinstance(exc, ImageError) else exc.path
         summary.failed += 1
         summary.errors.append((rel, str(exc)))
@@ -240,24 +240,3 @@ def _grid_title(entry: dict, run_info: dict) -> str:
     names = run_info["class_names"]
     t = entry.get("target")
     return names[t] if isinstance(t, int) and 0 <= t < len(names) else entry["image"]
-
-
-class _MapError(Exception):
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-def _read_maps(path: Path, n_modes: int) -> np.ndarray:
-    """``[M, h, w]`` maps of one image, checked against run.json's modes; raises _MapError."""
-    if not path.is_file():
-        raise _MapError(path, "map file missing")
-    try:
-        maps = load_maps(path)
-    except (OSError, ValueError, EOFError) as exc:
-        raise _MapError(path, f"not a readable .npy map file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if maps.ndim != 3 or maps.shape[0] != n_modes or min(maps.shape[1:]) < 1:
-        raise _MapError(path, f"maps of shape {maps.shape}, expected [{n_modes}, H, W] for the run's {n_modes} modes")
-    if not np.issubdtype(maps.dtype, np.floating) or not np.isfinite(maps).all():
-        raise _MapError(path, f"maps must be finite floats (dtype {maps.dtype})")
-    return maps

@@ -1,0 +1,112 @@
+"""evaluate.py on maps that generate_cam.py wrote for a tiny random model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_classifier, write_image
+from PIL import Image
+
+import evaluate
+import generate_cam
+
+CLASSES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    model = tiny_classifier(num_classes=5, img_size=56)
+    torch.save(model.backbone.state_dict(), tmp / "backbone.pth")
+    torch.save(model.head.state_dict(), tmp / "head.pth")
+    (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    for i, name in enumerate(CLASSES[:3]):
+        for j in range(2):
+            write_image(tmp / "data" / name / f"{j}.png", size=(40 + 10 * j, 30), seed=7 * i + j)
+            mask = np.zeros((30, 40 + 10 * j), np.uint8)
+            mask[5:20, 5:20] = 128
+            mask[8:12, 8:12] = 255
+            (tmp / "masks" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(tmp / "masks" / name / f"{j}.png")
+    for size in ("input", "grid"):
+        assert generate_cam.main(["--dataset_path", str(tmp / "data"), "--save_dir", str(tmp / f"cams_{size}"),
+                                  "--model_path", str(tmp / "backbone.pth"), "--classifier_path", str(tmp / "head.pth"),
+                                  "--class_names", str(tmp / "classes.txt"), "--num_workers", "0",
+                                  "--image_size", "56", "--save_size", size]) == 0
+    return tmp
+
+
+@pytest.mark.parametrize("size", ["input", "grid"])
+def test_tables_and_figures(world, tmp_path, size, capsys):
+    out = tmp_path / "eval"
+    rc = evaluate.main(["--cam_dir", str(world / f"cams_{size}"), "--out", str(out), "--masks", str(world / "masks"),
+                        "--steps", "5", "--num_workers", "0", "--percent", "5", "10", "25"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| baseline |" in printed and "rd@25" in printed
+    for name in ("summary.csv", "summary.json", "summary.md", "per_image.csv", "curves.png", "rd_bars.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 6 * 3 and {r["mode"] for r in rows} == {"baseline", "finer", "compare"}
+    for r in rows:
+        assert 0 <= float(r["energy_part"]) <= float(r["energy_object"]) + 1e-6 <= 1 + 1e-6
+        assert 0 <= float(r["deletion_auc"]) <= 1 and r["pointing_part"] in ("0.0", "1.0")
+        assert r["reference"] != r["target"]
+    summary = json.loads((out / "summary.json").read_text())
+    finer = summary["modes"]["finer"]["rd@5"]
+    values = [float(r["rd@5"]) for r in rows if r["mode"] == "finer"]
+    assert finer["n"] == 6 and finer["mean"] == pytest.approx(np.mean(values), abs=1e-6)
+    assert len(summary["mean_curves"]["deletion"]["baseline"]) == 6
+
+
+def test_boxes(world, tmp_path):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,x1,y1,x2,y2\na/0.png,0,0,20,15\na/0.png,20,15,40,30\n")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--cam_dir", str(world / "cams_input"), "--out", str(out), "--boxes", str(boxes),
+                          "--steps", "0", "--num_workers", "0", "--limit", "2"]) == 0
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    with_box = [r for r in rows if r["image"] == "a/0.png"]
+    assert with_box and all(r["energy_box"] != "" for r in with_box)
+    assert all(r["energy_box"] == "" for r in rows if r["image"] != "a/0.png")
+
+
+def test_bad_maps_are_named_skipped_and_counted(world, tmp_path, capsys):
+    cams = tmp_path / "cams"
+    shutil.copytree(world / "cams_input", cams)
+    (cams / "a" / "0.npy").unlink()
+    (cams / "b" / "1.npy").write_bytes(b"junk")
+    rc = evaluate.main(["--cam_dir", str(cams), "--out", str(tmp_path / "eval"), "--steps", "0", "--num_workers", "0"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "a/0.npy: map file missing" in err and "b/1.npy: not a readable" in err and "Traceback" not in err
+    assert len(list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))) == 4 * 3
+
+
+@pytest.mark.parametrize("argv, says", [(["--fill", "zero"], "--fill"), (["--percent", "0"], "--percent"),
+                                        (["--masks", "/nonexistent"], "--masks")])
+def test_usage_errors_are_one_line(world, tmp_path, capsys, argv, says):
+    with pytest.raises(SystemExit) if argv[0] == "--fill" else _nothing():
+        rc = evaluate.main(["--cam_dir", str(world / "cams_input"), "--out", str(tmp_path / "e"), *argv])
+        assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert says in err[-1]
+
+
+def test_not_a_cam_folder(tmp_path, capsys):
+    assert evaluate.main(["--cam_dir", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "no run.json" in capsys.readouterr().err
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
