@@ -102,6 +102,9 @@ def test_strict_load_roundtrip_and_arch_checks(tmp_path):
         load_dinov2(str(path), arch="vit_base")
     with pytest.raises(CheckpointError, match="unknown architecture"):
         load_dinov2(str(path), arch="vit_huge")
+    # the legacy (pre-zip) serialisation cannot be memory-mapped and loads the plain way
+    torch.save(model.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_dinov2(str(tmp_path / "legacy.pth")).pos_embed, model.pos_embed)
     state = model.state_dict()
     del state["mask_token"]
     torch.save(state, tmp_path / "missing.pth")
