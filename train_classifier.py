@@ -7,7 +7,7 @@ import argparse
 import math
 import sys
 
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar, tqdm_bar
+from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.train import TrainConfig, run_train
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_classifier, write_image
+from conftest import tiny_classifier
 from PIL import Image
 
 import finer_cam.train
@@ -208,3 +208,10 @@ def test_generate_refuses_a_head_trained_on_another_backbone(tmp_path, backbone,
                             "--num_workers", "0"])
     assert rc == 2
     assert "trained on another backbone" in capsys.readouterr().err
+
+
+def test_bf16_features(tmp_path, backbone):
+    data = make_data(tmp_path / "data", train=4, test=2)
+    assert train(backbone, data, tmp_path / "head", "--precision", "bf16", "--epochs", "10") == 0
+    side = json.loads((tmp_path / "head" / "classifier_config.json").read_text())
+    assert side["training"]["precision"] == "bf16" and side["accuracy"]["best"] >= 0.5
