@@ -252,17 +252,17 @@ def attribute_targets(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_size: int = 64, lr: float = 1e-3,
-                   seed: int = 0, threads: int = 2, image_hue: bool = True, progress=None) -> dict:
+                   seed: int = 0, threads: int = 2, image_hue: float = 1.0, progress=None) -> dict:
     """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split and save it in the
     official checkpoint layout. Returns what was measured (accuracies, seconds).
 
     The backbone learns to describe what it sees, not the 16 classes. Every patch token says what its own
     patch shows (how much stripe and car, the stripe's hue there or "no stripe", the body type there); from
     the pooled features the classifier uses (mean of the normalised patch tokens) it names the body type and
-    colour and, with ``image_hue``, the stripe's hue (to the nearest 30 degrees; hues are shared between
-    groups). Such features keep visual similarity, as DINOv2's self-supervised ones do: siblings, which
-    differ only in the stripe, stay close. ``image_hue=False`` leaves the hue to the stripe's own tokens
-    (more local maps, a less accurate linear head; see the README for both).
+    colour and, weighted by ``image_hue``, the stripe's hue (to the nearest 30 degrees; hues are shared
+    between groups). Such features keep visual similarity, as DINOv2's self-supervised ones do: siblings,
+    which differ only in the stripe, stay close. ``image_hue=0`` leaves the hue to the stripe's own tokens
+    (more local maps, a less accurate linear head; the README compares the weights).
     """
     import time
 
@@ -302,7 +302,8 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_si
         loss = F.cross_entropy(guess[:, :n_groups], torch.from_numpy(g_train[i])) + \
             F.mse_loss(guess[:, -3:], torch.from_numpy(b_train[i]))
         if image_hue:
-            loss = loss + F.cross_entropy(guess[:, n_groups:n_groups + HUE_BINS], torch.from_numpy(h_train[i]))
+            loss = loss + image_hue * F.cross_entropy(guess[:, n_groups:n_groups + HUE_BINS],
+                                                      torch.from_numpy(h_train[i]))
         return loss
 
     def token_loss(tokens: torch.Tensor, masks: np.ndarray, i: np.ndarray) -> torch.Tensor:
@@ -388,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--epochs", type=int, default=16)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--local_hue", action="store_true",
-                   help="leave the stripe's hue to its own tokens (no image-level hue target): more local maps, "
-                        "a less accurate linear head")
+    b.add_argument("--image_hue", type=float, default=1.0,
+                   help="weight of the image-level stripe-hue target; 0 leaves the hue to the stripe's own "
+                        "tokens: more local maps, a less accurate linear head")
     args = p.parse_args(argv)
     setup_logging()
 
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         write_dataset(args.root, ToyConfig(), workers=2)
         report = train_backbone(args.root, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads,
-                                image_hue=not args.local_hue,
+                                image_hue=args.image_hue,
                                 progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}", file=sys.stderr))
         print(json.dumps(report))
         return 0
