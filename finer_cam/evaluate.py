@@ -29,7 +29,7 @@ from PIL import Image
 from .data import ImageDataset, Preprocess, make_loader
 from .errors import FinerCamError
 from .generate import resolve_device
-from .io import MapFileError, atomic_write_bytes, read_map_file, read_run, write_json
+from .io import MapFileError, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                       relative_drop, resize_to, top_percent_mask)
 from .models import load_classifier
@@ -254,9 +254,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> Eva
     class_sim = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
     preprocess = _preprocess(run_info, model.patch_size)
     truth = GroundTruth(cfg.masks, cfg.boxes)
-    root = Path(cfg.dataset_dir or run_info.get("dataset_root", ""))
-    if cfg.dataset_dir and not root.is_dir():
-        raise FinerCamError(f"--dataset_dir {cfg.dataset_dir}: no such folder")
+    root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]
     chosen = chosen[:cfg.limit] if cfg.limit else chosen
     if not chosen:

@@ -119,6 +119,19 @@ def read_run(cam_dir: str | Path, flag: str = "--cam_dir") -> tuple[dict, dict[s
     return run_info, read_index(folder / INDEX_FILE)
 
 
+def dataset_root(run_info: dict, dataset_dir: str | None, cam_dir: str | Path) -> Path:
+    """The images' root: ``--dataset_dir`` when given, else the one run.json recorded; it must exist."""
+    if dataset_dir:
+        if not Path(dataset_dir).is_dir():
+            raise FinerCamError(f"--dataset_dir {dataset_dir}: no such folder")
+        return Path(dataset_dir)
+    root = run_info.get("dataset_root")
+    if not root or not Path(root).is_dir():
+        raise FinerCamError(f"{Path(cam_dir) / RUN_FILE}: its dataset root {root!r} does not exist (moved?); "
+                            "pass --dataset_dir")
+    return Path(root)
+
+
 class RunFolder:
     """``save_dir`` with its ``run.json`` and append-only ``index.jsonl``.
 

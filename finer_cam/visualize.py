@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data import ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
-from .io import MapFileError, atomic_write_bytes, read_map_file, read_run
+from .io import MapFileError, atomic_write_bytes, dataset_root, read_map_file, read_run
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, open_bar
 
@@ -177,9 +177,7 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None) -> V
     """Write the strips (and the grid) for the images of ``cfg.cam_dir``, showing progress through ``progress``."""
     lut = check_config(cfg)
     run_info, entries = read_run(cfg.cam_dir)
-    root = Path(cfg.dataset_dir or run_info.get("dataset_root", ""))
-    if cfg.dataset_dir and not root.is_dir():
-        raise FinerCamError(f"--dataset_dir {cfg.dataset_dir}: no such folder")
+    root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
     summary = VisualizeSummary()
     failed_before = [e for e in entries.values() if "error" in e]
     summary.not_explained = len(failed_before)

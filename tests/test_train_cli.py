@@ -154,6 +154,12 @@ def test_layouts(tmp_path):
     assert a.train == b.train and a.val == b.val and a.val != other.val
     assert len(a.val) == 9 and len(a.train) == 21 and not set(a.val) & set(a.train)
     assert {label for _, label in a.val} == {0, 1, 2}
+    # a lone train folder is split the same way
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    flat.rename(lone / "train")
+    c = find_split(lone, 0.3, seed=1)
+    assert c.val_name == "held-out" and len(c.val) == 9 and "train" in c.layout
 
 
 def test_bad_data_is_named_skipped_and_counted(tmp_path, backbone, capsys):

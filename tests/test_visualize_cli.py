@@ -145,3 +145,18 @@ def test_colour_maps_and_blend():
     assert (blend(image, heat, jet, 0.0) == 100).all()
     assert (blend(image, heat, jet, 1.0) == jet[255]).all()
     assert np.array_equal(fit_map(np.full((3, 3), 7.0), (5, 4)), np.zeros((4, 5)))
+
+
+def test_a_moved_dataset_is_one_clear_error(world, tmp_path, capsys):
+    import shutil
+
+    cams = tmp_path / "cams"
+    shutil.copytree(generate(world, "input"), cams)
+    run = json.loads((cams / "run.json").read_text())
+    run["dataset_root"] = str(tmp_path / "gone")
+    (cams / "run.json").write_text(json.dumps(run))
+    assert visualize.main(["--cam_dir", str(cams), "--save_dir", str(tmp_path / "vis")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0] and "--dataset_dir" in err[0]
+    assert visualize.main(["--cam_dir", str(cams), "--save_dir", str(tmp_path / "vis"),
+                           "--dataset_dir", str(world / "data"), "--limit", "1"]) == 0
