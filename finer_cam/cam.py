@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FinerCamError
-from .models import Classifier
+from .models import Classifier, autocast
 from .targets import Mode, max_rank, objectives, rank_references, weight_cosine
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam")
@@ -110,9 +110,6 @@ class FinerCAM:
         self.num_refs = max_rank(modes, model.num_classes)
         self.class_similarity = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
 
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-
     def choose(self, logits: torch.Tensor, labels: torch.Tensor | None,
                target: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
         """Targets ``[B]`` and references ``[B, K]`` from the logits of the plain image."""
@@ -148,10 +145,10 @@ class FinerCAM:
                  targets: torch.Tensor | None = None, refs: torch.Tensor | None = None) -> Explanation:
         model, p = self.model, self.model.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
-        with torch.no_grad(), self._autocast(images.device):
+        with torch.no_grad(), autocast(images.device, self.precision):
             residual, act = model.forward_to_target(images)
         act = act.detach().requires_grad_(self.method != "scorecam")
-        with torch.enable_grad(), self._autocast(images.device):
+        with torch.enable_grad(), autocast(images.device, self.precision):
             logits = model.forward_from_target(residual, act).float()
             if targets is None:
                 targets, refs = self.choose(logits.detach(), labels, target)
@@ -188,7 +185,7 @@ class FinerCAM:
             for i in range(0, up.shape[0], self.score_batch_size):
                 masked = images[b: b + 1] * up[i: i + self.score_batch_size, None]
                 n = masked.shape[0]
-                with self._autocast(images.device):
+                with autocast(images.device, self.precision):
                     logits = self.model(masked).float()
                 scores.append(objectives(logits, targets[b].expand(n), refs[b: b + 1].expand(n, -1), self.modes))
             weights = torch.softmax(torch.cat(scores, dim=1), dim=1)  # [M, D]

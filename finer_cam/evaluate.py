@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cam import normalize_maps, resize_maps
 from .data import ImageDataset, Preprocess, make_loader
 from .errors import FinerCamError
 from .generate import resolve_device
-from .io import MapFileError, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
+from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
-                      relative_drop, resize_to, top_percent_mask)
+                      relative_drop, top_percent_mask)
 from .models import load_classifier
 from .progress import BarFactory, open_bar
 from .targets import rank_references, weight_cosine
@@ -271,16 +272,15 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> Eva
                 entry = chosen[item["index"]]
                 try:
                     if item["error"] is not None:
-                        raise _Skip(root / entry["image"], item["error"])
-                    maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), len(modes))
-                    ready.append((item, entry, maps))
-                except (_Skip, MapFileError) as exc:
+                        raise SkippedFile(root / entry["image"], item["error"])
+                    ready.append((item, entry, read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), len(modes))))
+                except SkippedFile as exc:
                     result.failed += 1
                     log.error("%s: %s (skipped)", exc.path, exc)
             for group in _by_shape(ready, len(modes)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves)
             bar.update(len(batch))
-    for mode_i, mode in enumerate(modes):
+    for mode in modes:
         rows = [r for r in result.rows if r["mode"] == mode]
         result.summary[mode] = {}
         for name in names:
@@ -289,12 +289,6 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> Eva
     result.images = len({r["image"] for r in result.rows})
     _write_outputs(cfg, run_info, result, curves, modes)
     return result
-
-
-class _Skip(Exception):
-    def __init__(self, path, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 def _by_shape(ready: list, n_modes: int) -> list[list]:
@@ -314,7 +308,7 @@ def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, mode
     x = torch.stack([item["image"] for item, _, _ in group]).to(device)
     H, W = x.shape[-2:]
     raw = [torch.from_numpy(maps.astype(np.float32)) for _, _, maps in group]
-    maps = torch.stack([resize_to(m, (H, W)) for m in raw]).to(device)  # [B, M, H, W]
+    maps = torch.stack([normalize_maps(resize_maps(m, (H, W))) for m in raw]).to(device)  # [B, M, H, W]
     targets = torch.tensor([int(e["target"]) for _, e, _ in group], device=device)
     with torch.no_grad():
         logits = model(x)
@@ -327,7 +321,7 @@ def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, mode
             log.warning("%s: no ground truth for this image; its localisation is left out", entry["image"])
         local = {}
         if regions:
-            fitted = resize_to(raw[b], (regions[truth.regions[0]].shape[0], regions[truth.regions[0]].shape[1]))
+            fitted = normalize_maps(resize_maps(raw[b], regions[truth.regions[0]].shape))
             for name, region in regions.items():
                 r = torch.from_numpy(region).unsqueeze(0).expand(len(modes), -1, -1)
                 local[f"energy_{name}"] = energy_inside(fitted, r).tolist()

@@ -16,7 +16,7 @@ from .data import (DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, LabelMatche
                    make_loader, read_class_names)
 from .errors import FinerCamError
 from .io import RunFolder, map_names, save_maps
-from .models import CLASS_LIST, SIDECAR, load_classifier, read_sidecar
+from .models import CLASS_LIST, SIDECAR, backbone_shape, load_classifier, read_sidecar
 from .progress import BarFactory, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 
@@ -89,8 +89,7 @@ def _check_sidecar_backbone(sidecar: dict, model, cfg: GenerateConfig) -> None:
     trained = sidecar.get("backbone")
     if not isinstance(trained, dict):
         return
-    c = model.backbone.config
-    have = {"embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens, "patch_size": c.patch_size}
+    have = backbone_shape(model.backbone)
     differ = [f"{k} {trained[k]} vs {v}" for k, v in have.items() if k in trained and trained[k] != v]
     if differ:
         raise FinerCamError(f"{cfg.classifier_path}: trained on another backbone than {cfg.model_path} "
@@ -135,8 +134,7 @@ def prepare(cfg: GenerateConfig):
         "method": cfg.method,
         "target_layer": "blocks[-1].norm1",
         "backbone": {"kind": "dinov2", "path": str(Path(cfg.model_path).resolve()), "arch": cfg.arch,
-                     "embed_dim": model.backbone.embed_dim, "depth": model.backbone.config.depth,
-                     "registers": model.backbone.num_register_tokens, "patch_size": model.patch_size},
+                     **backbone_shape(model.backbone)},
         "head": {"path": str(Path(cfg.classifier_path).resolve()), "num_classes": model.num_classes},
         "class_names_file": class_file,
         "class_names": class_names,

@@ -43,8 +43,8 @@ def load_maps(path: str | Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-class MapFileError(Exception):
-    """One image's map file that cannot be used; the run goes on without it."""
+class SkippedFile(Exception):
+    """A file (an image or its map file) that cannot be used; the run goes on without it."""
 
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(message)
@@ -54,16 +54,16 @@ class MapFileError(Exception):
 def read_map_file(path: Path, n_modes: int) -> np.ndarray:
     """``[M, h, w]`` maps of one image, checked to be finite floats with one map per mode of the run."""
     if not path.is_file():
-        raise MapFileError(path, "map file missing")
+        raise SkippedFile(path, "map file missing")
     try:
         maps = load_maps(path)
     except (OSError, ValueError, EOFError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MapFileError(path, f"not a readable .npy map file ({why})") from None
+        raise SkippedFile(path, f"not a readable .npy map file ({why})") from None
     if maps.ndim != 3 or maps.shape[0] != n_modes or min(maps.shape[1:]) < 1:
-        raise MapFileError(path, f"maps of shape {maps.shape}, expected [{n_modes}, H, W] for the run's {n_modes} modes")
+        raise SkippedFile(path, f"maps of shape {maps.shape}, expected [{n_modes}, H, W] for the run's {n_modes} modes")
     if not np.issubdtype(maps.dtype, np.floating) or not np.isfinite(maps).all():
-        raise MapFileError(path, f"maps must be finite floats (dtype {maps.dtype})")
+        raise SkippedFile(path, f"maps must be finite floats (dtype {maps.dtype})")
     return maps
 
 

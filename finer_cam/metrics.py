@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import auc as sk_auc
 from torchvision.transforms.functional import gaussian_blur
 
@@ -64,17 +63,6 @@ def curve_auc(curves: np.ndarray) -> np.ndarray:
     """Area under each curve ``[N, S + 1]`` sampled at fractions 0, 1/S, ..., 1 (scikit-learn's trapezoid)."""
     xs = np.linspace(0.0, 1.0, curves.shape[1])
     return np.array([sk_auc(xs, row) for row in curves])
-
-
-def resize_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, h, w] -> [N, H, W]`` bilinear (``size = (H, W)``), then min-max normalised per map (flat -> 0)."""
-    maps = maps.float()
-    if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    lo = maps.flatten(1).min(1).values.view(-1, 1, 1)
-    hi = maps.flatten(1).max(1).values.view(-1, 1, 1)
-    span = hi - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
 
 
 def energy_inside(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,17 @@ class Classifier(nn.Module):
         return self.head(self.pool(tokens))
 
 
+def backbone_shape(backbone: DinoVisionTransformer) -> dict:
+    """What a head trained on this backbone depends on: width, depth, register tokens and patch size."""
+    c = backbone.config
+    return {"embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens, "patch_size": c.patch_size}
+
+
+def autocast(device: torch.device, precision: str):
+    """The model's precision: ``bf16`` runs it under autocast, ``fp32`` as it is."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Linear:
     """A head file (state dict ``{"weight": [C, D], "bias": [C]}``, the official format) as ``nn.Linear``."""
     try:

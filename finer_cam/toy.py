@@ -292,10 +292,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_si
     token_head = torch.nn.Linear(backbone.embed_dim, 2 + HUE_BINS + 1 + n_groups)  # hue bins + "no stripe here"
 
     def patches(x: torch.Tensor) -> torch.Tensor:
-        tokens = backbone.prepare_tokens(x)
-        for block in backbone.blocks:
-            tokens = block(tokens)
-        return backbone.norm(tokens)[:, backbone.num_prefix_tokens:]  # [B, N, D]
+        return backbone.forward_features(x)["x_norm_patchtokens"]  # [B, N, D]
 
     def image_loss(tokens: torch.Tensor, i: np.ndarray) -> torch.Tensor:
         guess = image_head(tokens.mean(1))

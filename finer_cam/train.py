@@ -30,7 +30,7 @@ from .data import NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_l
 from .errors import FinerCamError
 from .generate import resolve_device
 from .io import atomic_write_bytes, write_json
-from .models import CLASS_LIST, SIDECAR, Classifier
+from .models import CLASS_LIST, SIDECAR, Classifier, autocast, backbone_shape
 from .progress import BarFactory, open_bar
 
 log = logging.getLogger("finer_cam")
@@ -200,8 +200,19 @@ class Failures:
         self.items[str(path)] = why
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def _batch_features(model: Classifier, batch: list[dict], dataset: ImageDataset, failures: Failures,
+                    device: torch.device, precision: str) -> tuple[torch.Tensor, list[int]]:
+    """Features ``[G, D]`` (float32, on the CPU) of a loader batch's readable images, and their indices in
+    ``dataset``; the unreadable ones are recorded in ``failures``."""
+    for item in batch:
+        if item["error"] is not None:
+            failures.add(dataset.paths[item["index"]], item["error"])
+    good = [item for item in batch if item["error"] is None]
+    if not good:
+        return torch.zeros(0, model.backbone.embed_dim), []
+    x = torch.stack([item["image"] for item in good]).to(device, non_blocking=True)
+    with torch.no_grad(), autocast(device, precision):
+        return model.features(x).float().cpu(), [item["index"] for item in good]
 
 
 def extract_features(model: Classifier, paths: list[Path], preprocess, cache: FeatureCache, cfg: TrainConfig,
@@ -218,16 +229,9 @@ def extract_features(model: Classifier, paths: list[Path], preprocess, cache: Fe
     last_save = time.monotonic()
     with open_bar(progress, desc, len(todo)) as bar:
         for batch in make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"):
-            good = [item for item in batch if item["error"] is None]
-            for item in batch:
-                if item["error"] is not None:
-                    failures.add(paths[todo[item["index"]]], item["error"])
-            if good:
-                x = torch.stack([item["image"] for item in good]).to(device, non_blocking=True)
-                with torch.no_grad(), _autocast(device, cfg.precision):
-                    feats = model.features(x).float().cpu().numpy()
-                for item, row in zip(good, feats):
-                    cache.put(keys[todo[item["index"]]], row)
+            feats, indices = _batch_features(model, batch, dataset, failures, device, cfg.precision)
+            for i, row in zip(indices, feats.numpy()):
+                cache.put(keys[todo[i]], row)
             bar.update(len(batch))
             if time.monotonic() - last_save > 60:
                 cache.save()
@@ -261,18 +265,13 @@ def cosine_lr(base: float, epoch: int, epochs: int) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs))))
 
 
-def accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+def head_scores(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``head`` on features ``[N, D]`` and labels ``[N]`` (NaN when empty)."""
     if len(y) == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     with torch.no_grad():
-        return (head(x).argmax(1) == y).float().mean().item()
-
-
-def mean_loss(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    if len(y) == 0:
-        return float("nan")
-    with torch.no_grad():
-        return F.cross_entropy(head(x), y).item()
+        logits = head(x)
+        return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
 def _head_state(head: nn.Linear) -> dict[str, torch.Tensor]:
@@ -308,10 +307,8 @@ def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
 
 
 def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
-    c = model.backbone.config
     return {"kind": "dinov2", "arch": cfg.arch, "path": str(Path(cfg.model_path).resolve()),
-            "embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens,
-            "patch_size": c.patch_size}
+            **backbone_shape(model.backbone)}
 
 
 def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResult:
@@ -392,8 +389,8 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
                 total_loss += loss.item() * len(yb)
                 seen += len(yb)
             head.eval()
-            val_acc, val_loss = accuracy(head, val_x, val_y), mean_loss(head, val_x, val_y)
-            train_acc = accuracy(head, train_x, train_y) if not cfg.augment else float("nan")
+            val_acc, val_loss = head_scores(head, val_x, val_y)
+            train_acc = head_scores(head, train_x, train_y)[0] if not cfg.augment else float("nan")
             history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                             "loss": total_loss / max(1, seen), "train_accuracy": _num(train_acc),
                             "val_accuracy": _num(val_acc), "val_loss": _num(val_loss)})
@@ -430,16 +427,9 @@ def _augmented_batches(model, items, preprocess, cfg, device, failures, generato
         dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, num_workers=cfg.num_workers,
         collate_fn=keep_as_list)
     for batch in loader:
-        good = [item for item in batch if item["error"] is None]
-        for item in batch:
-            if item["error"] is not None:
-                failures.add(paths[item["index"]], item["error"])
-        if not good:
-            continue
-        x = torch.stack([item["image"] for item in good]).to(device)
-        with torch.no_grad(), _autocast(device, cfg.precision):
-            feats = model.features(x).float().cpu()
-        yield feats, labels[[item["index"] for item in good]]
+        feats, indices = _batch_features(model, batch, dataset, failures, device, cfg.precision)
+        if indices:
+            yield feats, labels[indices]
 
 
 def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data import ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
-from .io import MapFileError, atomic_write_bytes, dataset_root, read_map_file, read_run
+from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, open_bar
 
@@ -66,6 +66,12 @@ def _prob(entry: dict, cls: int) -> float | None:
 
 def _with_prob(text: str, p: float | None) -> str:
     return f"{text} p={p:.3f}" if p is not None else f"{text} (not in top 5)"
+
+
+def class_name(run_info: dict, index, default: str = "?") -> str:
+    """The name of class ``index`` in the run's class list, or ``default`` for an index it does not hold."""
+    names = run_info["class_names"]
+    return names[index] if isinstance(index, int) and 0 <= index < len(names) else default
 
 
 def first_reference(entry: dict, modes: list[dict]) -> int | None:
@@ -128,11 +134,10 @@ def make_strip(image: np.ndarray, maps: np.ndarray, entry: dict, run_info: dict,
         image = resize_image(image, height)
     h, w = image.shape[:2]
     heats = [fit_map(m, (w, h)) for m in maps]
-    names = run_info["class_names"]
     modes = run_info["modes"]
 
     def name(i):
-        return names[i] if isinstance(i, int) and 0 <= i < len(names) else "?"
+        return class_name(run_info, i)
 
     target = entry.get("target")
     lines = [_with_prob(name(target), _prob(entry, target))]
@@ -225,7 +230,7 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
         if cfg.grid and len(grid_rows) < cfg.grid_rows:
             small = resize_image(image, 160)
             grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats], _grid_title(entry, run_info)))
-    except (ImageError, MapFileError) as exc:
+    except (ImageError, SkippedFile) as exc:
         where = root / rel if isinstance(exc, ImageError) else exc.path
         summary.failed += 1
         summary.errors.append((rel, str(exc)))
@@ -235,6 +240,4 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
 
 
 def _grid_title(entry: dict, run_info: dict) -> str:
-    names = run_info["class_names"]
-    t = entry.get("target")
-    return names[t] if isinstance(t, int) and 0 <= t < len(names) else entry["image"]
+    return class_name(run_info, entry.get("target"), default=entry["image"])

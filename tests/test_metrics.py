@@ -8,8 +8,9 @@ import torch
 from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfidenceMetric, RemoveMostRelevantFirst
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
+from finer_cam.cam import normalize_maps, resize_maps
 from finer_cam.evaluate import EvaluateConfig, evaluate_group
-from finer_cam.metrics import (curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit, resize_to,
+from finer_cam.metrics import (curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                                top_percent_mask)
 
 
@@ -99,7 +100,7 @@ def test_localisation_with_masks_and_maps_of_different_sizes():
     cam[0, 0, 0] = 1.0  # all the mass in the top-left patch
     region = torch.zeros(1, 32, 48, dtype=torch.bool)
     region[0, :16, :24] = True  # the top-left quadrant of the image
-    fitted = resize_to(cam, (32, 48))
+    fitted = normalize_maps(resize_maps(cam, (32, 48)))
     assert energy_inside(fitted, region).item() > 0.95
     assert pointing_hit(fitted, region).item()
     assert not pointing_hit(fitted, ~region).item()

@@ -106,17 +106,17 @@ def test_interrupted_training_resumes_to_the_same_head(tmp_path, backbone, monke
     data = make_data(tmp_path / "data", train=4, test=2)
     assert train(backbone, data, tmp_path / "straight", "--epochs", "6") == 0
     calls = []
-    real_accuracy = finer_cam.train.accuracy
+    real_scores = finer_cam.train.head_scores
 
     def interrupt_in_epoch_4(*args):
         calls.append(1)
         if len(calls) == 7:  # two calls per epoch: the 4th epoch's evaluation
             raise KeyboardInterrupt
-        return real_accuracy(*args)
+        return real_scores(*args)
 
-    monkeypatch.setattr(finer_cam.train, "accuracy", interrupt_in_epoch_4)
+    monkeypatch.setattr(finer_cam.train, "head_scores", interrupt_in_epoch_4)
     assert train(backbone, data, tmp_path / "resumed", "--epochs", "6") == 130
-    monkeypatch.setattr(finer_cam.train, "accuracy", real_accuracy)
+    monkeypatch.setattr(finer_cam.train, "head_scores", real_scores)
     state = torch.load(tmp_path / "resumed" / "train_state.pth", weights_only=True)
     assert state["epoch"] == 3
     assert train(backbone, data, tmp_path / "resumed", "--epochs", "6", "--resume") == 0
