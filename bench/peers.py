@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finer_cam.data import NORMALIZATIONS, Preprocess, find_images, load_image  # noqa: E402
-from finer_cam.models import load_classifier  # noqa: E402
+from dinov2 import load_dinov2  # noqa: E402
+from finer_cam.models import Classifier, load_head  # noqa: E402
 
 MODES = [(0.0, [1]), (0.6, [1, 2, 3]), (1.0, [1])]  # baseline, finer, compare
 
@@ -26,7 +27,8 @@ def main() -> None:
     peer, model_path, head_path, image_dir, out_dir, batch = sys.argv[1:7]
     device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
     torch.set_grad_enabled(True)
-    model = load_classifier(model_path, head_path, device=device).requires_grad_(True)
+    # plain PyTorch modules, as a user of these libraries builds them (no finer_cam.kernels)
+    model = Classifier(load_dinov2(model_path), load_head(head_path)).to(device).eval()
     pre = Preprocess(*NORMALIZATIONS["imagenet"])
     paths = find_images(image_dir).paths
     out = Path(out_dir)

@@ -17,6 +17,7 @@ from dinov2 import CheckpointError, DinoVisionTransformer, load_dinov2
 from dinov2.vision_transformer import load_state_dict_file
 
 from .errors import FinerCamError
+from .kernels import pack_linears
 
 SIDECAR = "classifier_config.json"
 CLASS_LIST = "class_names.txt"
@@ -131,6 +132,14 @@ def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: s
         model = Classifier(backbone, head)
     except FinerCamError as exc:  # the width check lives in Classifier; add which files disagree
         raise FinerCamError(f"{classifier_path} with {model_path}: {exc}") from None
+    return frozen(model, device)
+
+
+def frozen(model: Classifier, device: str | torch.device) -> Classifier:
+    """``model`` on ``device`` in eval mode with no parameter needing a gradient; on the CPU its linear
+    layers run through oneDNN (:mod:`finer_cam.kernels`)."""
     model = model.to(device).eval()
     model.requires_grad_(False)
+    if torch.device(device).type == "cpu":
+        pack_linears(model)
     return model

@@ -30,7 +30,7 @@ from .data import NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_l
 from .errors import FinerCamError
 from .generate import resolve_device
 from .io import atomic_write_bytes, write_json
-from .models import CLASS_LIST, SIDECAR, Classifier, autocast, backbone_shape
+from .models import CLASS_LIST, SIDECAR, Classifier, autocast, backbone_shape, frozen
 from .progress import BarFactory, open_bar
 
 log = logging.getLogger("finer_cam")
@@ -329,8 +329,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
     except CheckpointError as exc:
         raise FinerCamError(str(exc)) from None
     num_classes = len(split.class_names)
-    model = Classifier(backbone, nn.Linear(backbone.embed_dim, num_classes)).to(device).eval()
-    model.requires_grad_(False)
+    model = frozen(Classifier(backbone, nn.Linear(backbone.embed_dim, num_classes)), device)
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
     backbone_info = _backbone_info(cfg, model)
