@@ -9,7 +9,9 @@ import sys
 from finer_cam.cam import METHODS
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
 from finer_cam.data import NORMALIZATIONS
-from finer_cam.generate import SAVE_SIZES, GenerateConfig, run_generate
+from finer_cam.concepts import DEFAULT_PROMPT
+from finer_cam.generate import DEFAULT_HEAD, DEFAULT_MODELS, SAVE_SIZES, GenerateConfig, run_generate
+from finer_cam.models import BACKBONES, CLIP_POOLS
 from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
 
 PROG = "generate_cam.py"
@@ -34,16 +36,37 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true",
                     help="redo every image (and replace a run made with another configuration)")
     m = p.add_argument_group("model")
-    m.add_argument("--model_path", default="pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
-                   help="official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth)")
+    m.add_argument("--backbone", choices=BACKBONES, default="dinov2",
+                   help="dinov2: a DINOv2 ViT; clip: CLIP's image tower (with --classifier_path, a head trained "
+                        "on its embedding; with --concepts, zero-shot concept maps)")
+    m.add_argument("--model_path", default=None,
+                   help="the backbone: an official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth) or "
+                        "an OpenAI CLIP ViT checkpoint (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt, ViT-L-14-336px.pt) "
+                        f"(default: {DEFAULT_MODELS['dinov2']}, or {DEFAULT_MODELS['clip']} with --backbone clip)")
     m.add_argument("--arch", default="auto",
                    help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the checkpoint")
-    m.add_argument("--classifier_path", default="pretrained_models/classifier/best_classifier.pth",
-                   help="linear head: a state dict {weight [C, D], bias [C]}")
+    m.add_argument("--classifier_path", default=None,
+                   help=f"linear head: a state dict {{weight [C, D], bias [C]}} (default: {DEFAULT_HEAD}; not "
+                        "with --concepts)")
     m.add_argument("--class_names", default=None,
                    help="class names, one a line in the head's order (default: class_names.txt beside the head, "
                         "else the Stanford Cars list shipped with finer_cam)")
-    m.add_argument("--backbone", choices=["dinov2"], default="dinov2", help="the feature extractor family")
+    m.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
+                   help="CLIP's image embedding: cls (OpenAI's, the class token) or mean (the mean patch token "
+                        "after ln_post, as CLIP-ES)")
+    k = p.add_argument_group("CLIP concepts (zero-shot, --backbone clip)")
+    k.add_argument("--concepts", nargs="+", default=None, metavar="TEXT",
+                   help="explain each of these concepts in turn, e.g. \"red crown\" \"black wing\"; the maps "
+                        "get a concept dimension: [concepts, modes, H, W]")
+    k.add_argument("--concepts_file", default=None, help="more concepts, one a line (# comments, blank lines skipped)")
+    k.add_argument("--prompt", default=None,
+                   help=f"template each concept (and --compare_with text) is put into; {{}} marks the place "
+                        f"(default: {DEFAULT_PROMPT!r})")
+    k.add_argument("--compare_with", nargs="+", default=None, metavar="TEXT",
+                   help="references of every concept, most similar first (e.g. \"bird\"); default: the other "
+                        "concepts, ranked as classes are")
+    k.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than CLIP's context (77 tokens) instead of stopping with an error")
     c = p.add_argument_group("explanation")
     c.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), metavar="SPEC",
                    help="maps to compute, in this order (see below)")
@@ -59,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre = p.add_argument_group("preprocessing")
     size = pre.add_mutually_exclusive_group()
     size.add_argument("--image_size", type=int, default=None,
-                      help="bicubic resize to a square of this side (default: the head's sidecar, else 224)")
+                      help="bicubic resize to a square of this side (default: the head's sidecar, else 224, or the "
+                           "CLIP checkpoint's resolution)")
     size.add_argument("--max_size", type=int, default=None,
                       help="keep the aspect ratio, cap the long side, round each side up to a multiple of the patch")
     pre.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=None,
-                     help="input normalisation (default: what the head was trained with, else ImageNet's)")
+                     help="input normalisation (default: what the head was trained with, else ImageNet's, or "
+                          "CLIP's with --backbone clip)")
     r = p.add_argument_group("runtime")
     r.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
@@ -78,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    fields = {k: v for k, v in vars(args).items() if k not in ("verbose", "backbone")}
+    fields = {k: v for k, v in vars(args).items() if k != "verbose"}
     cfg = GenerateConfig(**fields)
 
     def body() -> int:

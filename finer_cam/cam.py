@@ -88,6 +88,18 @@ class Explanation:
     references: torch.Tensor  # [B, K], most similar first
 
 
+@dataclass
+class ConceptExplanation:
+    """Every concept as the target in turn: raw maps ``[B, K, M, h, w]`` and each one's references."""
+
+    maps: torch.Tensor
+    logits: torch.Tensor  # [B, C]: the K concepts, then any fixed reference texts
+    references: torch.Tensor  # [B, K, R], most similar first
+
+
+TargetSets = list[tuple[torch.Tensor, torch.Tensor]]  # (targets [B], references [B, R]) per set
+
+
 class FinerCAM:
     """Maps for every mode of a batch of images from one shared forward pass.
 
@@ -121,28 +133,59 @@ class FinerCAM:
             targets = predicted
         else:
             raise FinerCamError(f"--target {target!r}: expected label or predicted")
-        refs = rank_references(logits, targets, self.num_refs, self.similarity, self.class_similarity)
-        return targets, refs
+        return targets, self.references(logits, targets)
+
+    def references(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The other classes ranked by ``similarity``, most similar first: ``[B, C], [B] -> [B, K]``."""
+        return rank_references(logits, targets, self.num_refs, self.similarity, self.class_similarity)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None, target: str = "label",
                  aug_smooth: bool = False) -> Explanation:
         """Explain a batch ``[B, 3, H, W]`` (H, W multiples of the patch size)."""
-        result = self._explain(images, labels, target)
+        maps, logits, sets = self._explain_sets(
+            images, lambda logits: [self.choose(logits, labels, target)], aug_smooth)
+        (targets, refs), = sets
+        return Explanation(maps[:, 0], logits, targets, refs)
+
+    def explain_concepts(self, images: torch.Tensor, num_concepts: int, fixed_references: list[int] | None = None,
+                         aug_smooth: bool = False) -> ConceptExplanation:
+        """Each of the first ``num_concepts`` classes as the target in turn, from one forward pass.
+
+        The references are ``fixed_references`` (class indices, most similar first) for every concept, or
+        else the other concepts ranked by ``similarity``.
+        """
+        def sets(logits: torch.Tensor) -> TargetSets:
+            out = []
+            for k in range(num_concepts):
+                targets = torch.full((logits.shape[0],), k, dtype=torch.long, device=logits.device)
+                if fixed_references is not None:
+                    refs = torch.tensor(fixed_references, device=logits.device).expand(logits.shape[0], -1)
+                else:
+                    refs = self.references(logits[:, :num_concepts], targets)
+                out.append((targets, refs))
+            return out
+
+        maps, logits, chosen = self._explain_sets(images, sets, aug_smooth)
+        return ConceptExplanation(maps, logits, torch.stack([refs for _, refs in chosen], dim=1))
+
+    def _explain_sets(self, images: torch.Tensor, choose_sets, aug_smooth: bool):
+        """Maps ``[B, S, M, h, w]`` for the target sets that ``choose_sets(logits)`` picks, the plain image's
+        logits, and those sets. With ``aug_smooth`` the maps are averaged over flipped and rescaled views
+        (ttach), the sets staying those of the plain image."""
+        maps, logits, sets = self._explain(images, choose_sets)
         if not aug_smooth:
-            return result
+            return maps, logits, sets
         import ttach
 
         transforms = ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1, 1.1])])
-        total, count = torch.zeros_like(result.maps), 0
-        for t in transforms:  # the identity view is one of them; references stay those of the plain image
-            aug = self._explain(t.augment_image(images), None, target, result.targets, result.references)
-            total += t.deaugment_mask(aug.maps)
+        total, count = torch.zeros_like(maps), 0
+        for t in transforms:  # the identity view is one of them
+            aug, _, _ = self._explain(t.augment_image(images), lambda _: sets)
+            total += t.deaugment_mask(aug.flatten(1, 2)).view_as(aug)
             count += 1
-        result.maps = total / count
-        return result
+        return total / count, logits, sets
 
-    def _explain(self, images: torch.Tensor, labels: torch.Tensor | None, target: str,
-                 targets: torch.Tensor | None = None, refs: torch.Tensor | None = None) -> Explanation:
+    def _explain(self, images: torch.Tensor, choose_sets) -> tuple[torch.Tensor, torch.Tensor, TargetSets]:
         model, p = self.model, self.model.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
         with torch.no_grad(), autocast(images.device, self.precision):
@@ -150,20 +193,23 @@ class FinerCAM:
         act = act.detach().requires_grad_(self.method != "scorecam")
         with torch.enable_grad(), autocast(images.device, self.precision):
             logits = model.forward_from_target(residual, act).float()
-            if targets is None:
-                targets, refs = self.choose(logits.detach(), labels, target)
+            sets = choose_sets(logits.detach())
             grid_act = tokens_to_grid(act.detach().float(), model.num_prefix_tokens, grid)
-            if self.method == "scorecam":
-                maps = self._score_cam(images, grid_act, targets, refs)
-            else:
+            per_set = []
+            for i, (targets, refs) in enumerate(sets):
+                if self.method == "scorecam":
+                    per_set.append(self._score_cam(images, grid_act, targets, refs))
+                    continue
                 obj = objectives(logits, targets, refs, self.modes).sum(dim=1)  # [M]; images are independent
                 # one backward per mode through the small graph after the target layer (measured faster on
                 # the CPU than one vmapped backward, is_grads_batched=True, for the same result)
-                grads = torch.stack([torch.autograd.grad(o, act, retain_graph=i < len(obj) - 1)[0]
-                                     for i, o in enumerate(obj)])
+                last = i == len(sets) - 1
+                grads = torch.stack([torch.autograd.grad(o, act, retain_graph=not last or j < len(obj) - 1)[0]
+                                     for j, o in enumerate(obj)])
                 grads = tokens_to_grid(grads.float(), model.num_prefix_tokens, grid)  # [M, B, D, h, w]
-                maps = cam_from_gradients(self.method, grid_act, grads)
-        return Explanation(maps.clamp(min=0).transpose(0, 1).contiguous(), logits.detach(), targets, refs)
+                per_set.append(cam_from_gradients(self.method, grid_act, grads))
+        maps = torch.stack(per_set).clamp(min=0).permute(2, 0, 1, 3, 4).contiguous()  # [B, S, M, h, w]
+        return maps, logits.detach(), sets
 
     @torch.no_grad()
     def _score_cam(self, images: torch.Tensor, grid_act: torch.Tensor, targets: torch.Tensor,

@@ -213,7 +213,8 @@ def _load_model(cfg: EvaluateConfig, run_info: dict, device):
     for flag, path in (("--model_path", model_path), ("--classifier_path", head_path)):
         if not Path(path).is_file():
             raise FinerCamError(f"{flag} {path}: no such file (recorded in run.json; pass {flag} if it moved)")
-    return load_classifier(model_path, head_path, cfg.arch or backbone.get("arch", "auto"), device)
+    return load_classifier(model_path, head_path, cfg.arch or backbone.get("arch", "auto"), device,
+                           backbone.get("kind", "dinov2"), backbone.get("pool", "cls"))
 
 
 def _preprocess(run_info: dict, patch: int) -> Preprocess:
@@ -244,6 +245,9 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> Eva
     """Evaluate the maps of ``cfg.cam_dir`` and write the tables and figures into ``cfg.out``."""
     check_config(cfg)
     run_info, entries = read_run(cfg.cam_dir)
+    if run_info.get("concepts"):
+        raise FinerCamError(f"--cam_dir {cfg.cam_dir}: a concept run (--concepts); evaluate.py measures the maps "
+                            "of a classifier's classes and does not take concept maps")
     device = resolve_device(cfg.device)
     model = _load_model(cfg, run_info, device)
     modes = [m["name"] for m in run_info["modes"]]
@@ -273,7 +277,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> Eva
                 try:
                     if item["error"] is not None:
                         raise SkippedFile(root / entry["image"], item["error"])
-                    ready.append((item, entry, read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), len(modes))))
+                    ready.append((item, entry, read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), (len(modes),))))
                 except SkippedFile as exc:
                     result.failed += 1
                     log.error("%s: %s (skipped)", exc.path, exc)

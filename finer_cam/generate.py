@@ -12,25 +12,37 @@ import torch
 
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
+from .concepts import ConceptSet
 from .data import (DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess, find_images,
                    make_loader, read_class_names)
 from .errors import FinerCamError
 from .io import RunFolder, map_names, save_maps
-from .models import CLASS_LIST, SIDECAR, backbone_shape, load_classifier, read_sidecar
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
+                     load_concept_classifier, read_sidecar)
 from .progress import BarFactory, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 
 log = logging.getLogger("finer_cam")
 SAVE_SIZES = ("input", "grid", "original")
+DEFAULT_MODELS = {"dinov2": "pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
+                  "clip": "pretrained_models/clip/ViT-B-16.pt"}
+DEFAULT_HEAD = "pretrained_models/classifier/best_classifier.pth"
 
 
 @dataclass
 class GenerateConfig:
     dataset_path: str
     save_dir: str
-    model_path: str
-    classifier_path: str
+    model_path: str | None = None  # None: DEFAULT_MODELS[backbone]
+    classifier_path: str | None = None  # None: DEFAULT_HEAD (not used by concept runs)
     arch: str = "auto"
+    backbone: str = "dinov2"
+    clip_pool: str = "cls"
+    concepts: list[str] | None = None  # CLIP zero-shot concept run (see concepts.py)
+    concepts_file: str | None = None
+    prompt: str | None = None
+    compare_with: list[str] | None = None
+    truncate: bool = False
     class_names: str | None = None
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     method: str = "gradcam"
@@ -74,17 +86,17 @@ def resolve_device(name: str) -> torch.device:
         raise FinerCamError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
-def _resolve_class_names(cfg: GenerateConfig) -> tuple[list[str], str]:
+def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str], str]:
     if cfg.class_names:
         path = Path(cfg.class_names)
-    elif Path(cfg.classifier_path).with_name(CLASS_LIST).is_file():
-        path = Path(cfg.classifier_path).with_name(CLASS_LIST)
+    elif Path(head_path).with_name(CLASS_LIST).is_file():
+        path = Path(head_path).with_name(CLASS_LIST)
     else:
         path = DEFAULT_CLASS_LIST
     return read_class_names(path), str(path)
 
 
-def _check_sidecar_backbone(sidecar: dict, model, cfg: GenerateConfig) -> None:
+def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: str) -> None:
     """A head trained on another backbone of the same width would load but explain nonsense: refuse it."""
     trained = sidecar.get("backbone")
     if not isinstance(trained, dict):
@@ -92,7 +104,7 @@ def _check_sidecar_backbone(sidecar: dict, model, cfg: GenerateConfig) -> None:
     have = backbone_shape(model.backbone)
     differ = [f"{k} {trained[k]} vs {v}" for k, v in have.items() if k in trained and trained[k] != v]
     if differ:
-        raise FinerCamError(f"{cfg.classifier_path}: trained on another backbone than {cfg.model_path} "
+        raise FinerCamError(f"{head_path}: trained on another backbone than {model_path} "
                             f"({'; '.join(differ)}, per its {SIDECAR})")
 
 
@@ -109,20 +121,42 @@ def prepare(cfg: GenerateConfig):
             raise FinerCamError(f"{flag} must be a positive number of pixels")
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
-    class_names, class_file = _resolve_class_names(cfg)
-    sidecar = read_sidecar(cfg.classifier_path)
-    model = load_classifier(cfg.model_path, cfg.classifier_path, cfg.arch, device)
-    if model.num_classes != len(class_names):
-        raise FinerCamError(f"{cfg.classifier_path}: the head has {model.num_classes} classes but {class_file} "
-                            f"lists {len(class_names)}; pass the head's class list with --class_names")
-    _check_sidecar_backbone(sidecar, model, cfg)
-    normalize = cfg.normalize or sidecar.get("normalize") or "imagenet"
+    if cfg.backbone not in BACKBONES:
+        raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
+    if cfg.clip_pool not in CLIP_POOLS:
+        raise FinerCamError(f"--clip_pool {cfg.clip_pool!r}: expected one of {', '.join(CLIP_POOLS)}")
+    model_path = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
+    concepts, sidecar = None, {}
+    if cfg.concepts or cfg.concepts_file:
+        if cfg.backbone != "clip":
+            raise FinerCamError("--concepts needs --backbone clip: concepts are text prompts that CLIP reads")
+        if cfg.classifier_path:
+            raise FinerCamError("--concepts and --classifier_path exclude each other: concepts are classified "
+                                "zero-shot by their text, without a trained head")
+        concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
+        model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
+        class_names, class_file, head_info = concepts.class_names, None, None
+    else:
+        if cfg.compare_with or cfg.prompt is not None:
+            raise FinerCamError("--compare_with and --prompt go with --concepts (a CLIP concept run)")
+        head_path = cfg.classifier_path or DEFAULT_HEAD
+        class_names, class_file = _resolve_class_names(cfg, head_path)
+        sidecar = read_sidecar(head_path)
+        model = load_classifier(model_path, head_path, cfg.arch, device, cfg.backbone, cfg.clip_pool)
+        if model.num_classes != len(class_names):
+            raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
+                                f"lists {len(class_names)}; pass the head's class list with --class_names")
+        _check_sidecar_backbone(sidecar, model, head_path, model_path)
+        head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes}
+    is_clip = isinstance(model, ClipClassifier)
+    normalize = cfg.normalize or sidecar.get("normalize") or ("clip" if is_clip else "imagenet")
     if normalize not in NORMALIZATIONS:
         raise FinerCamError(f"--normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
     if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
         log.warning("the head was trained with %s normalisation but --normalize %s was asked for",
                     sidecar["normalize"], cfg.normalize)
-    image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", 224))
+    native = model.backbone.input_resolution if is_clip else 224
+    image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", native))
     mean, std = NORMALIZATIONS[normalize]
     preprocess = Preprocess(mean, std, image_size=None if cfg.max_size else image_size, max_size=cfg.max_size,
                             patch=model.patch_size)
@@ -132,10 +166,11 @@ def prepare(cfg: GenerateConfig):
         "dataset_root": str(images.root),
         "modes": [m.to_json() for m in modes],
         "method": cfg.method,
-        "target_layer": "blocks[-1].norm1",
-        "backbone": {"kind": "dinov2", "path": str(Path(cfg.model_path).resolve()), "arch": cfg.arch,
-                     **backbone_shape(model.backbone)},
-        "head": {"path": str(Path(cfg.classifier_path).resolve()), "num_classes": model.num_classes},
+        "target_layer": "visual.transformer.resblocks[-1].ln_1" if is_clip else "blocks[-1].norm1",
+        "backbone": {"path": str(Path(model_path).resolve()), "arch": cfg.arch, **backbone_shape(model.backbone),
+                     **({"pool": cfg.clip_pool} if is_clip else {})},
+        "head": head_info,
+        **({"concepts": concepts.to_json()} if concepts else {}),
         "class_names_file": class_file,
         "class_names": class_names,
         "preprocessing": {**preprocess.to_json(), "normalize": normalize},
@@ -148,12 +183,12 @@ def prepare(cfg: GenerateConfig):
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    return model, engine, images, preprocess, class_names, run_info, device
+    return model, engine, images, preprocess, class_names, run_info, device, concepts
 
 
 def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None) -> Summary:
     """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``."""
-    model, engine, images, preprocess, class_names, run_info, device = prepare(cfg)
+    model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(cfg)
     folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
     matcher = LabelMatcher(class_names)
     rel_paths = [images.relative(p) for p in images.paths]
@@ -174,7 +209,8 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None) -> Sum
                     folder.add({"image": rel, "error": item["error"]})
             good = [item for item in batch if item["error"] is None]
             for group in _group_by_shape(good):
-                _explain_group(group, cfg, engine, folder, matcher, rel_paths, todo, npy_names, device, summary)
+                _explain_group(group, cfg, engine, folder, matcher, rel_paths, todo, npy_names, device, summary,
+                               concepts)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -191,26 +227,38 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
 
 
 def _explain_group(group, cfg, engine: FinerCAM, folder: RunFolder, matcher, rel_paths, todo, npy_names,
-                   device, summary: Summary) -> None:
+                   device, summary: Summary, concepts: ConceptSet | None) -> None:
     rels = [rel_paths[todo[item["index"]]] for item in group]
-    labels = [matcher(Path(rel).parent.name) if "/" in rel else None for rel in rels]
     x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
-    label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
-    result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
-    maps = result.maps  # [B, M, h, w]
+    if concepts is None:
+        labels = [matcher(Path(rel).parent.name) if "/" in rel else None for rel in rels]
+        label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
+        result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
+        targets = result.targets.cpu().tolist()
+        refs = result.references.cpu().tolist()  # [B, K]
+        references = [{mode.name: _ranked(r, mode) for mode in engine.modes} for r in refs]
+    else:
+        labels = [None] * len(rels)
+        result = engine.explain_concepts(x, len(concepts.names), concepts.fixed_references, cfg.aug_smooth)
+        targets = [list(range(len(concepts.names)))] * len(rels)
+        refs = result.references.cpu().tolist()  # [B, K concepts, R]
+        references = [[{mode.name: _ranked(r, mode) for mode in engine.modes} for r in per_concept]
+                      for per_concept in refs]
+    raw = result.maps  # [B, M, h, w], or [B, K, M, h, w] for concepts
+    maps = raw
     if cfg.save_size == "input":
-        maps = normalize_maps(resize_maps(maps, tuple(x.shape[-2:]))).half()
+        maps = normalize_maps(resize_maps(raw, tuple(x.shape[-2:]))).half()
     probs = torch.softmax(result.logits, dim=1)
     top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
-    maps_cpu, refs = maps.cpu(), result.references.cpu().tolist()
-    predicted, targets = result.logits.argmax(1).cpu().tolist(), result.targets.cpu().tolist()
+    maps_cpu = maps.cpu()
+    predicted = result.logits.argmax(1).cpu().tolist()
     top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
     for b, (item, rel) in enumerate(zip(group, rels)):
         m = maps_cpu[b]
         if cfg.save_size == "original":
             w, h = item["size"]
-            m = normalize_maps(resize_maps(result.maps[b], (h, w))).half().cpu()
-        if labels[b] is None and cfg.target == "label":
+            m = normalize_maps(resize_maps(raw[b], (h, w))).half().cpu()
+        if labels[b] is None and cfg.target == "label" and concepts is None:
             summary.label_fallback += 1
         entry = {
             "image": rel,
@@ -220,8 +268,7 @@ def _explain_group(group, cfg, engine: FinerCAM, folder: RunFolder, matcher, rel
             "label": labels[b],
             "predicted": predicted[b],
             "target": targets[b],
-            "references": {mode.name: [refs[b][r - 1] for r in mode.ranks if r <= len(refs[b])]
-                           for mode in engine.modes},
+            "references": references[b],
             "top5": {"indices": top_i[b], "probs": [round(p, 6) for p in top_p[b]]},
         }
         try:
@@ -230,3 +277,8 @@ def _explain_group(group, cfg, engine: FinerCAM, folder: RunFolder, matcher, rel
             raise FinerCamError(f"{folder.dir / npy_names[rel]}: cannot write ({exc.strerror or exc})") from None
         folder.add(entry)
         summary.processed += 1
+
+
+def _ranked(refs: list[int], mode) -> list[int]:
+    """The classes a mode compares with: its ranks that the reference list holds."""
+    return [refs[r - 1] for r in mode.ranks if r <= len(refs)]

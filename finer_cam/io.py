@@ -51,8 +51,15 @@ class SkippedFile(Exception):
         self.path = path
 
 
-def read_map_file(path: Path, n_modes: int) -> np.ndarray:
-    """``[M, h, w]`` maps of one image, checked to be finite floats with one map per mode of the run."""
+def map_lead_shape(run_info: dict) -> tuple[int, ...]:
+    """The leading dims of a run's map files: ``(M,)`` modes, or ``(K, M)`` concepts x modes for a concept run."""
+    modes = len(run_info["modes"])
+    concepts = run_info.get("concepts")
+    return (len(concepts["names"]), modes) if concepts else (modes,)
+
+
+def read_map_file(path: Path, lead: tuple[int, ...]) -> np.ndarray:
+    """``[*lead, h, w]`` maps of one image (see :func:`map_lead_shape`), checked to be finite floats."""
     if not path.is_file():
         raise SkippedFile(path, "map file missing")
     try:
@@ -60,8 +67,10 @@ def read_map_file(path: Path, n_modes: int) -> np.ndarray:
     except (OSError, ValueError, EOFError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SkippedFile(path, f"not a readable .npy map file ({why})") from None
-    if maps.ndim != 3 or maps.shape[0] != n_modes or min(maps.shape[1:]) < 1:
-        raise SkippedFile(path, f"maps of shape {maps.shape}, expected [{n_modes}, H, W] for the run's {n_modes} modes")
+    if maps.ndim != len(lead) + 2 or tuple(maps.shape[:len(lead)]) != tuple(lead) or min(maps.shape[-2:]) < 1:
+        want = ", ".join(map(str, lead))
+        what = "concepts x modes" if len(lead) == 2 else "modes"
+        raise SkippedFile(path, f"maps of shape {maps.shape}, expected [{want}, H, W] for the run's {what}")
     if not np.issubdtype(maps.dtype, np.floating) or not np.isfinite(maps).all():
         raise SkippedFile(path, f"maps must be finite floats (dtype {maps.dtype})")
     return maps

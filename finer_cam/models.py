@@ -1,7 +1,10 @@
 """Backbone + linear head = the classifier that Finer-CAM explains; loading heads and their sidecars.
 
-The classifier is exactly the official wrapper: DINOv2 -> mean of the normalised patch tokens -> Linear.
-For CAMs it runs in two parts, split at the target layer (the last block's ``norm1`` output):
+The DINOv2 classifier is exactly the official wrapper: DINOv2 -> mean of the normalised patch tokens ->
+Linear. The CLIP one pools CLIP's image embedding (class token or mean patch token, then the projection):
+with a trained head on that embedding, or zero-shot, where the "head" is the prompts' normalised text
+embeddings times the logit scale and the embedding is normalised (cosine similarity, as CLIP classifies).
+For CAMs both run in two parts, split at the target layer (the last block's first LayerNorm output):
 ``forward_to_target`` (no gradients needed) and ``forward_from_target`` (the small differentiable tail).
 """
 
@@ -11,8 +14,10 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import clip
 from dinov2 import CheckpointError, DinoVisionTransformer, load_dinov2
 from dinov2.vision_transformer import load_state_dict_file
 
@@ -26,13 +31,22 @@ CLASS_LIST = "class_names.txt"
 class Classifier(nn.Module):
     """``[B, 3, H, W] -> logits [B, C]`` through a DINOv2 backbone and a linear head on mean patch tokens."""
 
-    def __init__(self, backbone: DinoVisionTransformer, head: nn.Linear) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
         super().__init__()
-        if head.in_features != backbone.embed_dim:
-            raise FinerCamError(f"the head takes {head.in_features}-dim features but the backbone gives "
-                                f"{backbone.embed_dim}-dim ones: head and backbone do not belong together")
         self.backbone = backbone
         self.head = head
+        if head.in_features != self.feature_dim:
+            raise FinerCamError(f"the head takes {head.in_features}-dim features but the backbone gives "
+                                f"{self.feature_dim}-dim ones: head and backbone do not belong together")
+
+    @property
+    def feature_dim(self) -> int:
+        """The width of the head's input."""
+        return self.backbone.embed_dim
+
+    def target_norm(self, block: nn.Module) -> nn.Module:
+        """The LayerNorm whose output is the CAM target layer."""
+        return block.norm1
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +82,7 @@ class Classifier(nn.Module):
         tokens = self.backbone.prepare_tokens(x)
         for block in self.backbone.blocks[:-1]:
             tokens = block(tokens)
-        return tokens, self.backbone.blocks[-1].norm1(tokens)
+        return tokens, self.target_norm(self.backbone.blocks[-1])(tokens)
 
     def forward_from_target(self, residual: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
         """The rest of the network from the target layer: ``[B, T, D] x 2 -> logits [B, C]``."""
@@ -77,10 +91,66 @@ class Classifier(nn.Module):
         return self.head(self.pool(tokens))
 
 
-def backbone_shape(backbone: DinoVisionTransformer) -> dict:
-    """What a head trained on this backbone depends on: width, depth, register tokens and patch size."""
+class ClipClassifier(Classifier):
+    """``[B, 3, H, W] -> logits [B, C]`` through CLIP's image tower and a linear head on its embedding.
+
+    ``pool``: ``cls`` (OpenAI's embedding) or ``mean`` (mean patch token after ``ln_post``); ``normalize``:
+    unit-length embeddings, for the zero-shot head of text embeddings.
+    """
+
+    def __init__(self, backbone: clip.VisionTransformer, head: nn.Linear, pool: str = "cls",
+                 normalize: bool = False) -> None:
+        if pool not in CLIP_POOLS:
+            raise FinerCamError(f"--clip_pool {pool!r}: expected one of {', '.join(CLIP_POOLS)}")
+        super().__init__(backbone, head)
+        self.pooling = pool
+        self.normalize = normalize
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.output_dim
+
+    def target_norm(self, block: nn.Module) -> nn.Module:
+        return block.ln_1
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post``, class token or mean patch token, projection (unit length if ``normalize``): ``[B, E]``."""
+        x = self.backbone.pool(tokens, self.pooling)
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+
+BACKBONES = ("dinov2", "clip")
+CLIP_POOLS = ("cls", "mean")
+
+
+def backbone_shape(backbone: nn.Module) -> dict:
+    """What a head trained on this backbone depends on: its kind, width, depth and patch size (DINOv2: and
+    register tokens; CLIP: the embedding size)."""
+    if isinstance(backbone, clip.VisionTransformer):
+        return {"kind": "clip", "embed_dim": backbone.output_dim, "width": backbone.conv1.out_channels,
+                "depth": len(backbone.blocks), "patch_size": backbone.patch_size}
     c = backbone.config
-    return {"embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens, "patch_size": c.patch_size}
+    return {"kind": "dinov2", "embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens,
+            "patch_size": c.patch_size}
+
+
+def load_backbone(model_path: str | Path, kind: str = "dinov2", arch: str = "auto") -> nn.Module:
+    """A DINOv2 ViT (``arch`` checked or read off the file) or CLIP's image tower, on the CPU."""
+    try:
+        if kind == "dinov2":
+            return load_dinov2(str(model_path), arch=arch, map_location="cpu")
+        if kind == "clip":
+            return clip.load_model(model_path).visual
+    except (CheckpointError, clip.ClipCheckpointError) as exc:
+        raise FinerCamError(str(exc)) from None
+    raise FinerCamError(f"--backbone {kind!r}: expected one of {', '.join(BACKBONES)}")
+
+
+def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls") -> Classifier:
+    """The classifier for this kind of backbone with a trained head."""
+    if isinstance(backbone, clip.VisionTransformer):
+        return ClipClassifier(backbone, head, clip_pool)
+    return Classifier(backbone, head)
 
 
 def autocast(device: torch.device, precision: str):
@@ -121,18 +191,33 @@ def read_sidecar(head_path: str | Path) -> dict:
 
 
 def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: str = "auto",
-                    device: str | torch.device = "cpu") -> Classifier:
+                    device: str | torch.device = "cpu", backbone: str = "dinov2", clip_pool: str = "cls") -> Classifier:
     """The backbone checkpoint and the head file, checked against each other, on ``device`` in eval mode."""
-    try:
-        backbone = load_dinov2(str(model_path), arch=arch, map_location="cpu")
-    except CheckpointError as exc:
-        raise FinerCamError(str(exc)) from None
+    features = load_backbone(model_path, backbone, arch)
     head = load_head(classifier_path)
     try:
-        model = Classifier(backbone, head)
+        model = make_classifier(features, head, clip_pool)
     except FinerCamError as exc:  # the width check lives in Classifier; add which files disagree
         raise FinerCamError(f"{classifier_path} with {model_path}: {exc}") from None
     return frozen(model, device)
+
+
+def load_concept_classifier(model_path: str | Path, texts: list[str], device: str | torch.device = "cpu",
+                            clip_pool: str = "cls", truncate: bool = False) -> ClipClassifier:
+    """CLIP zero-shot: class ``i`` is ``texts[i]``; logits are the cosine similarities of the image and text
+    embeddings times CLIP's logit scale. The text embeddings are computed here, once."""
+    try:
+        model = clip.load_model(model_path)
+        tokens = clip.tokenize(texts, context_length=model.context_length, truncate=truncate)
+    except clip.ClipCheckpointError as exc:
+        raise FinerCamError(str(exc)) from None
+    except clip.ContextLengthError as exc:
+        raise FinerCamError(f"--concepts: {exc}; shorten it or pass --truncate") from None
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokens), dim=-1) * model.logit_scale.exp()
+    head = nn.Linear(text.shape[1], text.shape[0], bias=False)
+    head.weight = nn.Parameter(text)
+    return frozen(ClipClassifier(model.visual, head, clip_pool, normalize=True), device)
 
 
 def frozen(model: Classifier, device: str | torch.device) -> Classifier:

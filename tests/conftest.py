@@ -42,3 +42,46 @@ def write_image(path, size=(40, 30), seed=0, mode="RGB") -> None:
     if mode != "RGB":
         img = img.convert(mode)
     img.save(path)
+
+
+def tiny_clip(seed: int = 0, width: int = 64, layers: int = 2, patch: int = 16, resolution: int = 64,
+              embed_dim: int = 32, text_width: int = 64, text_layers: int = 2, context: int = 77):
+    """A small random CLIP in OpenAI's layout (the real vocabulary size, so clip.tokenize's ids fit)."""
+    import clip
+
+    config = clip.ClipConfig(embed_dim=embed_dim, image_resolution=resolution, vision_layers=layers,
+                             vision_width=width, vision_patch_size=patch, context_length=context, vocab_size=49408,
+                             transformer_width=text_width, transformer_heads=max(1, text_width // 64),
+                             transformer_layers=text_layers)
+    torch.manual_seed(seed)
+    model = clip.CLIP(config)
+    with torch.no_grad():  # break the symmetry of zero biases and unit norms so every path matters
+        for name, p in model.named_parameters():
+            if name != "logit_scale":
+                p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+def torchscript_archive(state: dict[str, torch.Tensor], path, half: bool = True) -> None:
+    """Write ``state`` as OpenAI released CLIP: a TorchScript archive (fp16 tensors, plus the
+    ``input_resolution``, ``context_length`` and ``vocab_size`` entries that its state dict carries)."""
+
+    class Node(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Node()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        node = root
+        for part in parents:
+            if not hasattr(node, part):
+                node.add_module(part, Node())
+            node = getattr(node, part)
+        value = value.half() if half and value.is_floating_point() else value
+        node.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=False))
+    resolution = state["visual.conv1.weight"].shape[-1] * round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    for name, value in (("input_resolution", resolution), ("context_length", state["positional_embedding"].shape[0]),
+                        ("vocab_size", state["token_embedding.weight"].shape[0])):
+        root.register_buffer(name, torch.tensor(value))
+    torch.jit.save(torch.jit.script(root), str(path))

@@ -173,7 +173,7 @@ def test_aug_smooth_averages_the_deaugmented_views_with_fixed_references(classif
     for flip in (False, True):
         for factor in (0.9, 1.0, 1.1):
             xi = (x.flip(-1) if flip else x) * factor
-            m = engine._explain(xi, None, "label", plain.targets, plain.references).maps
+            m = engine._explain(xi, lambda _: [(plain.targets, plain.references)])[0][:, 0]
             views.append(m.flip(-1) if flip else m)
     assert torch.allclose(smooth.maps, torch.stack(views).mean(0), atol=1e-6)
     assert not torch.allclose(smooth.maps, plain.maps, atol=1e-3 * plain.maps.max().item())
