@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from dinov2 import CheckpointError, DinoVisionTransformer, load_dinov2
+from dinov2 import CheckpointError, load_dinov2
 from dinov2.vision_transformer import load_state_dict_file
 
 from .errors import FinerCamError

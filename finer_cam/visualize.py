@@ -18,7 +18,7 @@ from PIL import Image
 
 from .data import ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
-from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run
+from .io import SkippedFile, atomic_write_bytes, dataset_root, map_lead_shape, read_map_file, read_run
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, open_bar
 
@@ -158,6 +158,33 @@ def make_strip(image: np.ndarray, maps: np.ndarray, entry: dict, run_info: dict,
     return compose_strip(panels), heats
 
 
+def make_concept_strips(image: np.ndarray, maps: np.ndarray, entry: dict, run_info: dict, lut: np.ndarray,
+                        alpha: float, height: int | None) -> tuple[np.ndarray, list[tuple[str, list[np.ndarray]]]]:
+    """A concept run's figure for one image: one row per concept ``maps [K, M, h, w]``, each the image labelled
+    with the concept and its probability, then one overlay per mode labelled with what it contrasts with.
+    Also returns ``(concept, heats)`` per row."""
+    if height is not None:
+        image = resize_image(image, height)
+    h, w = image.shape[:2]
+    concepts = run_info["concepts"]
+    modes = run_info["modes"]
+    all_refs = entry.get("references") if isinstance(entry.get("references"), list) else []
+    rows, heats_by_concept = [], []
+    for k, concept in enumerate(concepts["names"]):
+        heats = [fit_map(m, (w, h)) for m in maps[k]]
+        refs = all_refs[k] if k < len(all_refs) and isinstance(all_refs[k], dict) else {}
+        panels = [label_panel(image, [_with_prob(concept, _prob(entry, k)), f"concept {k + 1} of {len(concepts['names'])}"])]
+        for mode, heat in zip(modes, heats):
+            ref = refs.get(mode["name"]) or []
+            second = f"vs {', '.join(class_name(run_info, r) for r in ref)}" if mode.get("alpha") and ref else "plain CAM"
+            panels.append(label_panel(blend(image, heat, lut, alpha), [mode_label(mode), second]))
+        rows.append(compose_strip(panels))
+        heats_by_concept.append((concept, heats))
+    gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    stacked = [part for row in rows for part in (row, gap)][:-1]
+    return np.concatenate(stacked, axis=0), heats_by_concept
+
+
 def _encode(image: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG" if fmt == "jpg" else "PNG", **({"quality": 92} if fmt == "jpg" else {}))
@@ -193,11 +220,11 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None) -> V
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: no explained images {what} in index.jsonl")
     summary.total = len(chosen)
     examples = Examples(root, run_info["class_names"], explained)
-    n_modes = len(run_info["modes"])
+    lead = map_lead_shape(run_info)
     grid_rows = []
     with open_bar(progress, "overlays", len(chosen)) as bar:
         for entry in chosen:
-            _draw_one(entry, cfg, run_info, root, examples, lut, n_modes, grid_rows, summary)
+            _draw_one(entry, cfg, run_info, root, examples, lut, lead, grid_rows, summary)
             bar.update(1)
     if cfg.grid and grid_rows:
         fig = grid_figure(grid_rows, [mode_label(m) for m in run_info["modes"]], lut, cfg.alpha)
@@ -208,12 +235,23 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None) -> V
 
 
 def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, examples: Examples, lut: np.ndarray,
-              n_modes: int, grid_rows: list, summary: VisualizeSummary) -> None:
+              lead: tuple[int, ...], grid_rows: list, summary: VisualizeSummary) -> None:
     """One image's strip, written; a bad image or map file is logged and counted, not raised."""
     rel = entry["image"]
     try:
         image = np.asarray(load_image(root / rel))
-        maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), n_modes)
+        maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), lead)
+        name = Path(entry.get("map", rel)).with_suffix("." + cfg.format)
+        if run_info.get("concepts"):
+            strip, rows = make_concept_strips(image, maps, entry, run_info, lut, cfg.alpha, cfg.size)
+            atomic_write_bytes(Path(cfg.save_dir) / name, lambda f: f.write(_encode(strip, cfg.format)))
+            summary.written += 1
+            small = resize_image(image, 160)
+            for concept, heats in rows:
+                if cfg.grid and len(grid_rows) < cfg.grid_rows:
+                    grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats],
+                                      f"{concept} ({entry['image']})"))
+            return
         ref = first_reference(entry, run_info["modes"])
         example = None
         if ref is not None:
@@ -224,7 +262,6 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
                 except ImageError as exc:
                     log.warning("%s: example image unreadable (%s)", root / ex_rel, exc)
         strip, heats = make_strip(image, maps, entry, run_info, example, lut, cfg.alpha, cfg.size)
-        name = Path(entry.get("map", rel)).with_suffix("." + cfg.format)
         atomic_write_bytes(Path(cfg.save_dir) / name, lambda f: f.write(_encode(strip, cfg.format)))
         summary.written += 1
         if cfg.grid and len(grid_rows) < cfg.grid_rows:
