@@ -9,6 +9,8 @@ import sys
 
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
 from finer_cam.data import NORMALIZATIONS
+from finer_cam.generate import DEFAULT_MODELS
+from finer_cam.models import BACKBONES, CLIP_POOLS
 from finer_cam.train import TrainConfig, run_train
 
 PROG = "train_classifier.py"
@@ -31,13 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--val_fraction", type=float, default=0.2,
                     help="share of each class held out for evaluation when the data has no test/val folder")
     m = p.add_argument_group("backbone")
-    m.add_argument("--model_path", default="pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
-                   help="official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth)")
+    m.add_argument("--backbone", choices=BACKBONES, default="dinov2",
+                   help="dinov2: the head reads the mean of DINOv2's normalised patch tokens; clip: CLIP's image "
+                        "embedding (see --clip_pool)")
+    m.add_argument("--model_path", default=None,
+                   help="an official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth) or an OpenAI CLIP "
+                        f"ViT checkpoint (default: {DEFAULT_MODELS['dinov2']}, or {DEFAULT_MODELS['clip']} with "
+                        "--backbone clip)")
+    m.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
+                   help="CLIP's embedding: cls (OpenAI's) or mean (mean patch token after ln_post)")
     m.add_argument("--arch", default="auto",
                    help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the checkpoint")
-    m.add_argument("--image_size", type=int, default=224, help="square bicubic resize of every image")
-    m.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default="imagenet",
-                   help="input normalisation; recorded in the sidecar, and generate_cam.py uses the same")
+    m.add_argument("--image_size", type=int, default=None,
+                   help="square bicubic resize of every image (default: 224, or the CLIP checkpoint's resolution)")
+    m.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=None,
+                   help="input normalisation; recorded in the sidecar, and generate_cam.py uses the same (default: "
+                        "imagenet, or clip with --backbone clip)")
     m.add_argument("--feature_cache", default=None, metavar="DIR",
                    help="keep backbone features on disk here, reused by later runs with the same backbone and "
                         "preprocessing (default: in memory only)")

@@ -42,7 +42,7 @@ class Classifier(nn.Module):
     @property
     def feature_dim(self) -> int:
         """The width of the head's input."""
-        return self.backbone.embed_dim
+        return feature_dim(self.backbone)
 
     def target_norm(self, block: nn.Module) -> nn.Module:
         """The LayerNorm whose output is the CAM target layer."""
@@ -106,10 +106,6 @@ class ClipClassifier(Classifier):
         self.pooling = pool
         self.normalize = normalize
 
-    @property
-    def feature_dim(self) -> int:
-        return self.backbone.output_dim
-
     def target_norm(self, block: nn.Module) -> nn.Module:
         return block.ln_1
 
@@ -121,6 +117,11 @@ class ClipClassifier(Classifier):
 
 BACKBONES = ("dinov2", "clip")
 CLIP_POOLS = ("cls", "mean")
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """The width of a head's input on this backbone: DINOv2's token width, CLIP's embedding size."""
+    return backbone.output_dim if isinstance(backbone, clip.VisionTransformer) else backbone.embed_dim
 
 
 def backbone_shape(backbone: nn.Module) -> dict:

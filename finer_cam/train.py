@@ -14,7 +14,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +23,13 @@ import torchvision.transforms as T
 from torch import nn
 from torch.nn import functional as F
 
-from dinov2 import CheckpointError, load_dinov2
-
 from . import __version__
 from .data import NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
 from .errors import FinerCamError
-from .generate import resolve_device
+from .generate import DEFAULT_MODELS, resolve_device
 from .io import atomic_write_bytes, write_json
-from .models import CLASS_LIST, SIDECAR, Classifier, autocast, backbone_shape, frozen
+from .models import (BACKBONES, CLASS_LIST, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
+                     feature_dim, frozen, load_backbone, make_classifier)
 from .progress import BarFactory, open_bar
 
 log = logging.getLogger("finer_cam")
@@ -42,17 +41,19 @@ OUTPUTS = (BEST, LAST, CLASS_LIST, SIDECAR, METRICS, STATE)
 @dataclass
 class TrainConfig:
     data_root: str
-    model_path: str
+    model_path: str | None  # None: the backbone's default file (generate.DEFAULT_MODELS)
     output_dir: str
     arch: str = "auto"
+    backbone: str = "dinov2"
+    clip_pool: str = "cls"
     epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
     seed: int = 0
     val_fraction: float = 0.2  # used only when the data has no test/val folder
-    image_size: int = 224
-    normalize: str = "imagenet"
+    image_size: int | None = None  # None: 224 for DINOv2, the checkpoint's resolution for CLIP
+    normalize: str | None = None  # None: imagenet for DINOv2, clip for CLIP
     augment: bool = False
     feature_cache: str | None = None
     num_workers: int = 2
@@ -209,7 +210,7 @@ def _batch_features(model: Classifier, batch: list[dict], dataset: ImageDataset,
             failures.add(dataset.paths[item["index"]], item["error"])
     good = [item for item in batch if item["error"] is None]
     if not good:
-        return torch.zeros(0, model.backbone.embed_dim), []
+        return torch.zeros(0, model.feature_dim), []
     x = torch.stack([item["image"] for item in good]).to(device, non_blocking=True)
     with torch.no_grad(), autocast(device, precision):
         return model.features(x).float().cpu(), [item["index"] for item in good]
@@ -237,7 +238,7 @@ def extract_features(model: Classifier, paths: list[Path], preprocess, cache: Fe
                 cache.save()
                 last_save = time.monotonic()
     cache.save()
-    dim = model.backbone.embed_dim
+    dim = model.feature_dim
     rows = [cache.get(k) for k in keys]
     valid = [r is not None for r in rows]
     feats = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows]) if rows else np.zeros((0, dim))
@@ -307,29 +308,32 @@ def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
 
 
 def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
-    return {"kind": "dinov2", "arch": cfg.arch, "path": str(Path(cfg.model_path).resolve()),
-            **backbone_shape(model.backbone)}
+    info = {"arch": cfg.arch, "path": str(Path(cfg.model_path).resolve()), **backbone_shape(model.backbone)}
+    return {**info, "pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else info
 
 
 def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResult:
     """Train, evaluate and save the head, showing progress through ``progress``."""
     for flag, value in (("--epochs", cfg.epochs), ("--batch_size", cfg.batch_size), ("--image_size", cfg.image_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise FinerCamError(f"{flag} must be at least 1")
     if cfg.lr <= 0:
         raise FinerCamError("--lr must be positive")
-    if cfg.normalize not in NORMALIZATIONS:
+    if cfg.normalize is not None and cfg.normalize not in NORMALIZATIONS:
         raise FinerCamError(f"--normalize {cfg.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    if cfg.backbone not in BACKBONES:
+        raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
-    try:
-        backbone = load_dinov2(str(cfg.model_path), arch=cfg.arch, map_location="cpu")
-    except CheckpointError as exc:
-        raise FinerCamError(str(exc)) from None
+    cfg = replace(cfg, model_path=cfg.model_path or DEFAULT_MODELS[cfg.backbone])
+    backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
     num_classes = len(split.class_names)
-    model = frozen(Classifier(backbone, nn.Linear(backbone.embed_dim, num_classes)), device)
+    model = frozen(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
+    is_clip = isinstance(model, ClipClassifier)
+    cfg = replace(cfg, image_size=cfg.image_size or (backbone.input_resolution if is_clip else 224),
+                  normalize=cfg.normalize or ("clip" if is_clip else "imagenet"))
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
     backbone_info = _backbone_info(cfg, model)
@@ -353,7 +357,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
         train_x, train_y = features_of(split.train, "features (train)")
         if len(train_y) == 0:
             raise FinerCamError(f"--data_root {cfg.data_root}: none of the training images could be read")
-    head = nn.Linear(backbone.embed_dim, num_classes)
+    head = nn.Linear(model.feature_dim, num_classes)
     generator = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         nn.init.normal_(head.weight, std=0.01, generator=generator)
@@ -466,7 +470,8 @@ def _write_outputs(out: Path, cfg: TrainConfig, split: Split, head: nn.Linear, b
         "image_size": cfg.image_size,
         "normalize": cfg.normalize,
         "preprocessing": {**preprocess.to_json(), "normalize": cfg.normalize},
-        "features": "mean of the final-norm patch tokens",
+        "features": (f"CLIP image embedding ({cfg.clip_pool} pooling)" if cfg.backbone == "clip"
+                     else "mean of the final-norm patch tokens"),
         "accuracy": accuracy_info,
         "data": {"root": str(Path(cfg.data_root).resolve()), "layout": split.layout,
                  "train_images": len(split.train), "val_images": len(split.val), "failed_images": len(failures.items)},
