@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise ClipCheckpointError(str(exc)) from None
     else:
         try:
-            archive = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit's deprecation notice is not the user's concern here
+                warnings.simplefilter("ignore", FutureWarning)
+                archive = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, OSError, ValueError) as exc:
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             raise ClipCheckpointError(f"{path}: unreadable TorchScript archive ({lines[0][:200]})") from None

@@ -141,13 +141,14 @@ class VisionTransformer(nn.Module):
         return self.transformer.resblocks
 
     def positional_embedding_for(self, h: int, w: int) -> torch.Tensor:
-        """The positional embedding ``[1 + h*w, D]`` for an ``h x w`` patch grid (bicubic on the learnt grid)."""
+        """The positional embedding ``[1 + h*w, D]`` for an ``h x w`` patch grid: bicubic with antialiasing on
+        the learnt grid, as open_clip resizes it (OpenAI's code has no resizing)."""
         pos = self.positional_embedding
         n = round((pos.shape[0] - 1) ** 0.5)
         if (h, w) == (n, n):
             return pos
         grid = pos[1:].reshape(1, n, n, -1).permute(0, 3, 1, 2).float()
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
         return torch.cat([pos[:1], grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(h * w, -1)])
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:

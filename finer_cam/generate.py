@@ -102,6 +102,8 @@ def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: st
     if not isinstance(trained, dict):
         return
     have = backbone_shape(model.backbone)
+    if isinstance(model, ClipClassifier):
+        have["pool"] = model.pooling
     differ = [f"{k} {trained[k]} vs {v}" for k, v in have.items() if k in trained and trained[k] != v]
     if differ:
         raise FinerCamError(f"{head_path}: trained on another backbone than {model_path} "

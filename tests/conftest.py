@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -84,4 +86,6 @@ def torchscript_archive(state: dict[str, torch.Tensor], path, half: bool = True)
     for name, value in (("input_resolution", resolution), ("context_length", state["positional_embedding"].shape[0]),
                         ("vocab_size", state["token_embedding.weight"].shape[0])):
         root.register_buffer(name, torch.tensor(value))
-    torch.jit.save(torch.jit.script(root), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(root), str(path))

@@ -221,3 +221,35 @@ def test_bf16_features(tmp_path, backbone):
     assert train(backbone, data, tmp_path / "head", "--precision", "bf16", "--epochs", "10") == 0
     side = json.loads((tmp_path / "head" / "classifier_config.json").read_text())
     assert side["training"]["precision"] == "bf16" and side["accuracy"]["best"] >= 0.5
+
+
+def test_clip_backbone_head_trains_and_explains(tmp_path, backbone, capsys):
+    from conftest import tiny_clip, torchscript_archive
+
+    clip_file = tmp_path / "ViT-tiny.pt"
+    torchscript_archive(tiny_clip(patch=8, resolution=32).state_dict(), clip_file)
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "clip_head"
+    assert train_classifier.main(["--backbone", "clip", "--clip_pool", "mean", "--data_root", str(data),
+                                  "--model_path", str(clip_file), "--output_dir", str(out), "--epochs", "40",
+                                  "--lr", "0.05", "--num_workers", "0", "--batch_size", "8"]) == 0
+    side = read_sidecar(out / "best_classifier.pth")
+    assert side["backbone"]["kind"] == "clip" and side["backbone"]["pool"] == "mean"
+    assert side["normalize"] == "clip" and side["image_size"] == 32  # the checkpoint's resolution
+    assert load_head(out / "best_classifier.pth").weight.shape == (3, 32)  # on the 32-dim CLIP embedding
+    assert side["accuracy"]["best"] >= 0.9
+    cams = tmp_path / "cams"
+    assert generate_cam.main(["--backbone", "clip", "--clip_pool", "mean", "--model_path", str(clip_file),
+                              "--classifier_path", str(out / "best_classifier.pth"), "--dataset_path",
+                              str(data / "test"), "--save_dir", str(cams), "--num_workers", "0"]) == 0
+    index = [json.loads(line) for line in (cams / "index.jsonl").read_text().splitlines()]
+    assert len(index) == 12 and sum(e["predicted"] == e["label"] for e in index) >= 10
+    assert np.load(cams / index[0]["map"]).shape == (3, 32, 32)
+    capsys.readouterr()
+    assert generate_cam.main(["--backbone", "clip", "--clip_pool", "cls", "--model_path", str(clip_file),
+                              "--classifier_path", str(out / "best_classifier.pth"), "--dataset_path",
+                              str(data / "test"), "--save_dir", str(tmp_path / "c2"), "--num_workers", "0"]) == 2
+    assert "pool mean vs cls" in capsys.readouterr().err
+    assert generate_cam.main(["--model_path", str(backbone), "--classifier_path", str(out / "best_classifier.pth"),
+                              "--dataset_path", str(data / "test"), "--save_dir", str(tmp_path / "c3"),
+                              "--num_workers", "0"]) == 2
