@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
+from finer_cam.progress import StopRequest
 from finer_cam.evaluate import FILLS, EvaluateConfig, format_table, run_evaluate
 
 PROG = "evaluate.py"
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = EvaluateConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
-    def body() -> int:
-        result = run_evaluate(cfg, progress=tqdm_bar)
+    def body(stop: StopRequest) -> int:
+        result = run_evaluate(cfg, progress=tqdm_bar, stop=stop)
         print(format_table(result))
         print(f"{PROG}: {result.images} images evaluated; tables and figures in {cfg.out}", file=sys.stderr)
         if result.failed:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED_ITEMS
         return EXIT_OK
 
-    return main_guard(PROG, body)
+    return main_guard(PROG, body, "nothing was written; rerun the same command")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 
 from finer_cam.cam import METHODS
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
+from finer_cam.progress import StopRequest
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.generate import DEFAULT_HEAD, DEFAULT_MODELS, SAVE_SIZES, GenerateConfig, run_generate
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     fields = {k: v for k, v in vars(args).items() if k != "verbose"}
     cfg = GenerateConfig(**fields)
 
-    def body() -> int:
-        summary = run_generate(cfg, progress=tqdm_bar)
+    def body(stop: StopRequest) -> int:
+        summary = run_generate(cfg, progress=tqdm_bar, stop=stop)
         print(f"{PROG}: {summary.processed} explained, {summary.skipped} already done, {summary.failed} failed "
               f"of {summary.total}; maps in {cfg.save_dir}", file=sys.stderr)
         if summary.label_fallback:

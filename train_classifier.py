@@ -8,6 +8,7 @@ import math
 import sys
 
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
+from finer_cam.progress import StopRequest
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.generate import DEFAULT_MODELS
 from finer_cam.models import BACKBONES, CLIP_POOLS
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
-    def body() -> int:
-        result = run_train(cfg, progress=tqdm_bar)
+    def body(stop: StopRequest) -> int:
+        result = run_train(cfg, progress=tqdm_bar, stop=stop)
         best = "n/a" if math.isnan(result.best_accuracy) else f"{result.best_accuracy:.4f}"
         print(f"{PROG}: {len(result.class_names)} classes, {result.train_images} training images; best accuracy "
               f"{best} (epoch {result.best_epoch}); head, class list and sidecar in {result.output_dir}",
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED_ITEMS
         return EXIT_OK
 
-    return main_guard(PROG, body)
+    return main_guard(PROG, body, "the feature cache and the state of the last finished epoch are kept; rerun "
+                                  "(with --resume once an epoch has finished) to continue")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
+from finer_cam.progress import StopRequest
 from finer_cam.visualize import FORMATS, VisualizeConfig, run_visualize
 
 PROG = "visualize.py"
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = VisualizeConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
-    def body() -> int:
-        summary = run_visualize(cfg, progress=tqdm_bar)
+    def body(stop: StopRequest) -> int:
+        summary = run_visualize(cfg, progress=tqdm_bar, stop=stop)
         print(f"{PROG}: {summary.written} of {summary.total} strips written to {cfg.save_dir}"
               + (f"; grid in {cfg.grid}" if cfg.grid and summary.written else ""), file=sys.stderr)
         if summary.failed:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED_ITEMS
         return EXIT_OK
 
-    return main_guard(PROG, body)
+    return main_guard(PROG, body, "the strips written so far are kept")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,12 @@ def keep_as_list(items: list[dict]) -> list[dict]:
     return items
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which stops after the current batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       collate_fn=keep_as_list, pin_memory=pin_memory,
+                                       collate_fn=keep_as_list, pin_memory=pin_memory, worker_init_fn=_ignore_sigint,
                                        persistent_workers=False, prefetch_factor=4 if num_workers else None)

@@ -34,7 +34,7 @@ from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, re
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                       relative_drop, top_percent_mask)
 from .models import load_classifier
-from .progress import BarFactory, open_bar
+from .progress import BarFactory, StopRequest, open_bar
 from .targets import rank_references, weight_cosine
 
 log = logging.getLogger("finer_cam")
@@ -241,8 +241,10 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise FinerCamError("--masks and --boxes exclude each other: give one")
 
 
-def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> EvaluateResult:
+def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
+                 stop: StopRequest | None = None) -> EvaluateResult:
     """Evaluate the maps of ``cfg.cam_dir`` and write the tables and figures into ``cfg.out``."""
+    stop = stop or StopRequest()
     check_config(cfg)
     run_info, entries = read_run(cfg.cam_dir)
     if run_info.get("concepts"):
@@ -284,6 +286,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None) -> Eva
             for group in _by_shape(ready, len(modes)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves)
             bar.update(len(batch))
+            stop.check()
     for mode in modes:
         rows = [r for r in result.rows if r["mode"] == mode]
         result.summary[mode] = {}

@@ -19,7 +19,7 @@ from .errors import FinerCamError
 from .io import RunFolder, map_names, save_maps
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
                      load_concept_classifier, read_sidecar)
-from .progress import BarFactory, open_bar
+from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 
 log = logging.getLogger("finer_cam")
@@ -188,8 +188,10 @@ def prepare(cfg: GenerateConfig):
     return model, engine, images, preprocess, class_names, run_info, device, concepts
 
 
-def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None) -> Summary:
-    """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``."""
+def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
+    """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``;
+    ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept)."""
+    stop = stop or StopRequest()
     model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(cfg)
     folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
     matcher = LabelMatcher(class_names)
@@ -214,6 +216,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None) -> Sum
                 _explain_group(group, cfg, engine, folder, matcher, rel_paths, todo, npy_names, device, summary,
                                concepts)
             bar.update(len(batch))
+            stop.check()
     finally:
         bar.close()
         folder.close()

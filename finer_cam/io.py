@@ -34,6 +34,17 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files that :func:`atomic_write_bytes` leaves when a run is killed mid-write
+    (``.NAME.XXXX.tmp`` anywhere under ``folder``); returns how many."""
+    removed = 0
+    for path in folder.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def save_maps(path: Path, maps: np.ndarray) -> None:
     """``[M, H, W]`` maps as a plain ``.npy`` (no pickle), atomically."""
     atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(maps), allow_pickle=False))
@@ -159,6 +170,8 @@ class RunFolder:
         self.run_info = run_info
         self.entries: dict[str, dict] = {}
         run_path = self.dir / RUN_FILE
+        if run_path.exists():  # our folder: what a killed run was writing is gone
+            remove_stale_temporaries(self.dir)
         if run_path.exists() and not overwrite:
             try:
                 old = json.loads(run_path.read_text(encoding="utf-8"))

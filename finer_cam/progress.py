@@ -31,3 +31,19 @@ class NullBar:
 def open_bar(factory: BarFactory | None, desc: str, total: int, unit: str = "img"):
     """A bar from ``factory`` (opened only now, once the work is known), or a :class:`NullBar`."""
     return factory(desc, total, unit) if factory is not None else NullBar()
+
+
+class Interrupted(Exception):
+    """A stop asked for from outside (the CLIs' Ctrl-C), honoured at a safe point: finished work is kept."""
+
+
+class StopRequest:
+    """Set by the CLIs' SIGINT handler; long loops call :meth:`check` where stopping loses nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a stop was asked for."""
+        if self.requested:
+            raise Interrupted()

@@ -30,7 +30,7 @@ from .generate import DEFAULT_MODELS, resolve_device
 from .io import atomic_write_bytes, write_json
 from .models import (BACKBONES, CLASS_LIST, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
                      feature_dim, frozen, load_backbone, make_classifier)
-from .progress import BarFactory, open_bar
+from .progress import BarFactory, StopRequest, open_bar
 
 log = logging.getLogger("finer_cam")
 BEST, LAST, METRICS, STATE = "best_classifier.pth", "last_classifier.pth", "metrics.json", "train_state.pth"
@@ -218,7 +218,7 @@ def _batch_features(model: Classifier, batch: list[dict], dataset: ImageDataset,
 
 def extract_features(model: Classifier, paths: list[Path], preprocess, cache: FeatureCache, cfg: TrainConfig,
                      device: torch.device, failures: Failures, progress: BarFactory | None = None,
-                     desc: str = "features") -> tuple[torch.Tensor, list[bool]]:
+                     desc: str = "features", stop: StopRequest | None = None) -> tuple[torch.Tensor, list[bool]]:
     """``[N, D]`` features of ``paths`` (rows of failed images are zero) and which rows are valid.
 
     Cached rows are reused; the rest go through the backbone in batches and join the cache, which is saved
@@ -228,16 +228,20 @@ def extract_features(model: Classifier, paths: list[Path], preprocess, cache: Fe
     todo = [i for i, k in enumerate(keys) if cache.get(k) is None]
     dataset = ImageDataset([paths[i] for i in todo], preprocess, cfg.max_pixels)
     last_save = time.monotonic()
-    with open_bar(progress, desc, len(todo)) as bar:
-        for batch in make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"):
-            feats, indices = _batch_features(model, batch, dataset, failures, device, cfg.precision)
-            for i, row in zip(indices, feats.numpy()):
-                cache.put(keys[todo[i]], row)
-            bar.update(len(batch))
-            if time.monotonic() - last_save > 60:
-                cache.save()
-                last_save = time.monotonic()
-    cache.save()
+    try:
+        with open_bar(progress, desc, len(todo)) as bar:
+            for batch in make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"):
+                feats, indices = _batch_features(model, batch, dataset, failures, device, cfg.precision)
+                for i, row in zip(indices, feats.numpy()):
+                    cache.put(keys[todo[i]], row)
+                bar.update(len(batch))
+                if time.monotonic() - last_save > 60:
+                    cache.save()
+                    last_save = time.monotonic()
+                if stop is not None:
+                    stop.check()
+    finally:
+        cache.save()
     dim = model.feature_dim
     rows = [cache.get(k) for k in keys]
     valid = [r is not None for r in rows]
@@ -312,8 +316,10 @@ def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
     return {**info, "pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else info
 
 
-def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResult:
-    """Train, evaluate and save the head, showing progress through ``progress``."""
+def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> TrainResult:
+    """Train, evaluate and save the head, showing progress through ``progress``; ``stop`` is checked after
+    every feature batch (the cache is saved) and every epoch (the training state is saved)."""
+    stop = stop or StopRequest()
     for flag, value in (("--epochs", cfg.epochs), ("--batch_size", cfg.batch_size), ("--image_size", cfg.image_size)):
         if value is not None and value < 1:
             raise FinerCamError(f"{flag} must be at least 1")
@@ -347,7 +353,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
 
     def features_of(items, desc):
         x, valid = extract_features(model, [p for p, _ in items], preprocess, cache, cfg, device, failures,
-                                    progress, desc)
+                                    progress, desc, stop)
         keep = torch.tensor(valid, dtype=torch.bool)
         y = torch.tensor([label for _, label in items], dtype=torch.long)
         return x[keep], y[keep]
@@ -409,6 +415,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None) -> TrainResu
                                       "history": json.dumps(history)})
             epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{val_acc:.3f}")
             epoch_bar.update(1)
+            stop.check()
     last_acc = history[-1]["val_accuracy"] if history else None
     result = TrainResult(split.class_names, best_acc if best_acc >= 0 else float("nan"), best_epoch,
                          last_acc if last_acc is not None else float("nan"), len(split.train), len(split.val),

@@ -20,7 +20,7 @@ from .data import ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
 from .io import SkippedFile, atomic_write_bytes, dataset_root, map_lead_shape, read_map_file, read_run
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
-from .progress import BarFactory, open_bar
+from .progress import BarFactory, StopRequest, open_bar
 
 log = logging.getLogger("finer_cam")
 FORMATS = ("jpg", "png")
@@ -205,8 +205,10 @@ def check_config(cfg: VisualizeConfig) -> np.ndarray:
     return colormap_lut(cfg.colormap)
 
 
-def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None) -> VisualizeSummary:
+def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
+                  stop: StopRequest | None = None) -> VisualizeSummary:
     """Write the strips (and the grid) for the images of ``cfg.cam_dir``, showing progress through ``progress``."""
+    stop = stop or StopRequest()
     lut = check_config(cfg)
     run_info, entries = read_run(cfg.cam_dir)
     root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
@@ -226,6 +228,7 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None) -> V
         for entry in chosen:
             _draw_one(entry, cfg, run_info, root, examples, lut, lead, grid_rows, summary)
             bar.update(1)
+            stop.check()
     if cfg.grid and grid_rows:
         fig = grid_figure(grid_rows, [mode_label(m) for m in run_info["modes"]], lut, cfg.alpha)
         buf = io.BytesIO()
