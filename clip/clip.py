@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 from torchvision import transforms
 
-from dinov2.vision_transformer import CheckpointError, load_state_dict_file
+from dinov2.vision_transformer import CheckpointError, is_torchscript, load_state_dict_file
 
 from .model import CLIP, ClipCheckpointError, build_model
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
 ARCHS = ("ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px")  # the released ViTs; any ViT layout loads
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl`` and ``code/``), which is how
-    OpenAI released its weights, rather than a ``torch.save`` file."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

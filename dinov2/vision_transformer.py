@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import pickle
+import zipfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -206,9 +209,27 @@ def config_from_state_dict(state: dict[str, torch.Tensor], arch: str = "auto") -
     return replace(want, patch_size=patch, img_size=side * patch)
 
 
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl`` and ``code/``) rather than a
+    ``torch.save`` file."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def load_state_dict_file(path: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """``torch.load`` with ``weights_only=True`` (memory-mapped where the file allows it); unwraps
-    ``{"model": ...}``/``{"state_dict": ...}`` wrappers."""
+    ``{"model": ...}``/``{"state_dict": ...}`` wrappers.
+
+    A file whose pickle holds anything but tensors and plain containers (which could run code when
+    unpickled) is refused before any of it runs; so is a TorchScript archive (only CLIP's loader reads
+    those, keeping their tensors).
+    """
+    if Path(path).is_file() and is_torchscript(path):
+        raise CheckpointError(f"{path}: a TorchScript archive, not a state dict (only CLIP checkpoints are read "
+                              "from TorchScript archives: --backbone clip)")
     try:
         try:  # memory-mapped: the weights are read from the page cache as used, never copied (0.2 s less for ViT-B)
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
@@ -218,7 +239,10 @@ def load_state_dict_file(path: str, map_location: str | torch.device = "cpu") ->
             state = torch.load(path, map_location=map_location, weights_only=True)  # the legacy (tar) format
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except Exception as exc:  # unpickling refused, truncated zip, not a torch file...
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors, which could run "
+                              "code when loaded (only weights-only checkpoints are read)") from None
+    except Exception as exc:  # truncated zip, not a torch file...
         raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint ({_first_line(exc)})") from None
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict) and "cls_token" not in state:

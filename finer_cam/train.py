@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -457,6 +458,9 @@ def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], b
                 state["best_head"], json.loads(state["history"]))
     except FinerCamError:
         raise
+    except pickle.UnpicklingError:
+        raise FinerCamError(f"--resume: {path} refused: it holds pickled objects other than tensors, which could "
+                            "run code when loaded") from None
     except Exception as exc:  # a torn or foreign file: say which
         raise FinerCamError(f"--resume: {path} is not a readable training state ({str(exc).splitlines()[0]})") from None
 
