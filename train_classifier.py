@@ -9,7 +9,7 @@ import sys
 
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
 from finer_cam.progress import StopRequest
-from finer_cam.data import NORMALIZATIONS
+from finer_cam.data import MAX_PIXELS, NORMALIZATIONS
 from finer_cam.generate import DEFAULT_MODELS
 from finer_cam.models import BACKBONES, CLIP_POOLS
 from finer_cam.train import TrainConfig, run_train
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 runs the backbone under autocast")
-    r.add_argument("--max_pixels", type=int, default=178_956_970, help="refuse images with more pixels than this")
+    r.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
     r.add_argument("--verbose", action="store_true", help="more log output")
     return p
 

@@ -22,6 +22,10 @@ NORMALIZATIONS = {
 }
 DEFAULT_CLASS_LIST = Path(__file__).with_name("resources") / "stanford_cars_classes.txt"
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+# The pixel limit is ours (``max_pixels``, the CLIs' --max_pixels), checked on the header before decoding;
+# PIL's own fixed limit would refuse above 179 Mpx whatever the user asked for.
+Image.MAX_IMAGE_PIXELS = None
+MAX_PIXELS = 178_956_970  # the default: PIL's own refusal threshold (2 x 89,478,485)
 
 
 class ImageError(Exception):
@@ -129,7 +133,7 @@ class LabelMatcher:
 
 # ------------------------------------------------------------------------------------------------ images
 
-def load_image(path: str | Path, max_pixels: int | None = 178_956_970) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     """Decode any PIL image to RGB as displayed (EXIF rotation applied, first frame, alpha over white).
 
     16-bit and 32-bit grey images are rescaled to 8 bits rather than clipped. Raises ImageError.
@@ -137,7 +141,8 @@ def load_image(path: str | Path, max_pixels: int | None = 178_956_970) -> Image.
     try:
         with Image.open(path) as img:
             if max_pixels and img.width * img.height > max_pixels:
-                raise ImageError(f"{img.width}x{img.height} pixels is above the limit of {max_pixels}")
+                raise ImageError(f"{img.width}x{img.height} pixels is above the limit of {max_pixels} "
+                                 "(--max_pixels; refused as a possible decompression bomb)")
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -209,7 +214,7 @@ def _round_up(x: int, m: int) -> int:
 class ImageDataset(torch.utils.data.Dataset):
     """Items ``{"index", "image" [3, H, W] or None, "size" (W, H), "error"}``: a bad image is an item too."""
 
-    def __init__(self, paths: list[Path], preprocess: Preprocess, max_pixels: int | None = 178_956_970) -> None:
+    def __init__(self, paths: list[Path], preprocess: Preprocess, max_pixels: int | None = MAX_PIXELS) -> None:
         self.paths = paths
         self.preprocess = preprocess
         self.max_pixels = max_pixels

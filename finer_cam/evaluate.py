@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .cam import normalize_maps, resize_maps
-from .data import ImageDataset, Preprocess, make_loader
+from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from .errors import FinerCamError
 from .generate import resolve_device
 from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
@@ -59,6 +59,7 @@ class EvaluateConfig:
     num_workers: int = 2
     device: str = "auto"
     limit: int | None = None
+    max_pixels: int | None = MAX_PIXELS
 
 
 @dataclass
@@ -269,7 +270,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     names = metric_names(cfg, truth.regions)
     result = EvaluateResult(summary={}, rows=[], metrics=names)
     curves: dict[str, list[np.ndarray]] = {"deletion": [], "insertion": []}
-    dataset = ImageDataset([root / e["image"] for e in chosen], preprocess)
+    dataset = ImageDataset([root / e["image"] for e in chosen], preprocess, cfg.max_pixels)
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
     with open_bar(progress, "evaluate", len(chosen)) as bar:
         for batch in loader:

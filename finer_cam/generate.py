@@ -13,7 +13,7 @@ import torch
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
-from .data import (DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess, find_images,
+from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess, find_images,
                    make_loader, read_class_names)
 from .errors import FinerCamError
 from .io import RunFolder, map_names, save_maps
@@ -58,7 +58,7 @@ class GenerateConfig:
     precision: str = "fp32"
     aug_smooth: bool = False
     overwrite: bool = False
-    max_pixels: int | None = 178_956_970
+    max_pixels: int | None = MAX_PIXELS
 
 
 @dataclass
@@ -157,6 +157,9 @@ def prepare(cfg: GenerateConfig):
     if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
         log.warning("the head was trained with %s normalisation but --normalize %s was asked for",
                     sidecar["normalize"], cfg.normalize)
+    if cfg.image_size and sidecar.get("image_size") and cfg.image_size != sidecar["image_size"]:
+        log.warning("the head was trained at %s px but --image_size %s was asked for", sidecar["image_size"],
+                    cfg.image_size)
     native = model.backbone.input_resolution if is_clip else 224
     image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", native))
     mean, std = NORMALIZATIONS[normalize]

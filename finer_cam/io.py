@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +22,8 @@ RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_nam
 def atomic_write_bytes(path: Path, write) -> None:
     """Write through ``write(file)`` into a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name is kept short, so that a file name near the 255-byte limit still has a twin
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -92,8 +94,15 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
+NAME_MAX = 255  # bytes in one file name on the usual file systems
+
+
 def map_names(relative_images: list[str]) -> dict[str, str]:
-    """Image path -> map path, both relative: ``a/b.jpg -> a/b.npy``; ``.jpg.npy`` where stems collide."""
+    """Image path -> map path, both relative: ``a/b.jpg -> a/b.npy``; ``.jpg.npy`` where stems collide.
+
+    A file name that the suffix would push past 255 bytes is cut and made unique with a hash of the image
+    path (the index names each image's map file, so nothing depends on the name's form).
+    """
     stems: dict[str, int] = {}
     for rel in relative_images:
         stem = rel.rsplit(".", 1)[0]
@@ -101,8 +110,17 @@ def map_names(relative_images: list[str]) -> dict[str, str]:
     out = {}
     for rel in relative_images:
         stem = rel.rsplit(".", 1)[0]
-        out[rel] = (stem if stems[stem] == 1 else rel) + ".npy"
+        out[rel] = _fit_name((stem if stems[stem] == 1 else rel) + ".npy", rel)
     return out
+
+
+def _fit_name(path: str, key: str) -> str:
+    folder, _, name = path.rpartition("/")
+    if len(name.encode("utf-8")) <= NAME_MAX - 4:  # room for visualize.py's .jpg/.png twin
+        return path
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+    short = name.encode("utf-8")[:180].decode("utf-8", errors="ignore")
+    return f"{folder}/{short}~{digest}.npy" if folder else f"{short}~{digest}.npy"
 
 
 def read_index(path: Path) -> dict[str, dict]:
@@ -196,8 +214,11 @@ class RunFolder:
     def add(self, entry: dict) -> None:
         """Append one image's index line (after its map file is in place)."""
         self.entries[entry["image"]] = entry
-        self._index.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._index.flush()
+        try:
+            self._index.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._index.flush()
+        except OSError as exc:
+            raise FinerCamError(f"{self.dir / INDEX_FILE}: cannot write ({exc.strerror or exc})") from None
 
     def finish(self, summary: dict) -> None:
         self._index.close()

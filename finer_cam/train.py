@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .data import NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
+from .data import MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
 from .errors import FinerCamError
 from .generate import DEFAULT_MODELS, resolve_device
 from .io import atomic_write_bytes, write_json
@@ -62,7 +62,7 @@ class TrainConfig:
     precision: str = "fp32"
     resume: bool = False
     overwrite: bool = False
-    max_pixels: int | None = 178_956_970
+    max_pixels: int | None = MAX_PIXELS
 
 
 # ------------------------------------------------------------------------------------------------ the data

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import ImageError, LabelMatcher, load_image, walk_images
+from .data import MAX_PIXELS, ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
 from .io import SkippedFile, atomic_write_bytes, dataset_root, map_lead_shape, read_map_file, read_run
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
@@ -39,6 +39,7 @@ class VisualizeConfig:
     images: list[str] | None = None  # relative paths or glob patterns
     grid: str | None = None
     grid_rows: int = 6
+    max_pixels: int | None = MAX_PIXELS
 
 
 @dataclass
@@ -242,7 +243,7 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
     """One image's strip, written; a bad image or map file is logged and counted, not raised."""
     rel = entry["image"]
     try:
-        image = np.asarray(load_image(root / rel))
+        image = np.asarray(load_image(root / rel, cfg.max_pixels))
         maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), lead)
         name = Path(entry.get("map", rel)).with_suffix("." + cfg.format)
         if run_info.get("concepts"):
@@ -261,7 +262,7 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
             ex_rel = examples.pick(ref, not_this=rel)
             if ex_rel is not None:
                 try:
-                    example = np.asarray(load_image(root / ex_rel))
+                    example = np.asarray(load_image(root / ex_rel, cfg.max_pixels))
                 except ImageError as exc:
                     log.warning("%s: example image unreadable (%s)", root / ex_rel, exc)
         strip, heats = make_strip(image, maps, entry, run_info, example, lut, cfg.alpha, cfg.size)
