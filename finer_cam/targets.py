@@ -34,7 +34,8 @@ class Mode:
     @property
     def spec(self) -> str:
         """The ``NAME:ALPHA[:RANKS[:softmax]]`` string that parses back to this mode."""
-        text = f"{self.name}:{self.alpha:g}"
+        alpha = repr(float(self.alpha))  # the shortest text that parses back to the same float
+        text = f"{self.name}:{alpha.removesuffix('.0')}"
         if self.ranks or self.weighting != "mean":
             text += ":" + ",".join(map(str, self.ranks))
         if self.weighting != "mean":
