@@ -253,3 +253,28 @@ def test_clip_backbone_head_trains_and_explains(tmp_path, backbone, capsys):
     assert generate_cam.main(["--model_path", str(backbone), "--classifier_path", str(out / "best_classifier.pth"),
                               "--dataset_path", str(data / "test"), "--save_dir", str(tmp_path / "c3"),
                               "--num_workers", "0"]) == 2
+
+
+def test_ctrl_c_finishes_the_epoch_saves_its_state_and_resume_completes(tmp_path, backbone, monkeypatch, capsys):
+    import os
+    import signal
+
+    data = make_data(tmp_path / "data", train=4, test=2)
+    assert train(backbone, data, tmp_path / "straight", "--epochs", "5") == 0
+    calls, real_scores = [], finer_cam.train.head_scores
+
+    def ctrl_c_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 3:  # during the 2nd epoch's evaluation
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_scores(*args)
+
+    monkeypatch.setattr(finer_cam.train, "head_scores", ctrl_c_in_epoch_2)
+    assert train(backbone, data, tmp_path / "resumed", "--epochs", "5") == 130
+    err = capsys.readouterr().err
+    assert "stopping after the current batch" in err and "--resume" in err
+    assert torch.load(tmp_path / "resumed" / "train_state.pth", weights_only=True)["epoch"] == 2  # epoch 2 finished
+    monkeypatch.setattr(finer_cam.train, "head_scores", real_scores)
+    assert train(backbone, data, tmp_path / "resumed", "--epochs", "5", "--resume") == 0
+    a, b = (load_head(tmp_path / d / "last_classifier.pth") for d in ("straight", "resumed"))
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6)
