@@ -166,3 +166,19 @@ def test_concepts_need_the_clip_backbone(tmp_path, capsys):
 def test_concept_set_rejects_an_empty_concept():
     with pytest.raises(FinerCamError, match="an empty concept"):
         ConceptSet.from_flags(["a", "  "], None, None, None)
+
+
+def test_aug_smooth_averages_concept_maps_over_the_views_with_fixed_references(clip_file):
+    concepts = ConceptSet.from_flags(CONCEPTS[:3], None, None, None)
+    model = load_concept_classifier(clip_file, concepts.texts, "cpu")
+    engine = FinerCAM(model, parse_modes(["baseline:0", "finer:0.6:1,2"]))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    plain, smooth = engine.explain_concepts(x, 3), engine.explain_concepts(x, 3, aug_smooth=True)
+    assert torch.equal(plain.references, smooth.references) and smooth.maps.shape == plain.maps.shape
+    assert not torch.allclose(smooth.maps, plain.maps, atol=1e-4)
+    # the six views (flip x intensity 0.9, 1, 1.1), each de-augmented, with the plain image's references
+    views = [engine._explain(v, lambda _: [(torch.full((2,), k), plain.references[:, k]) for k in range(3)])[0]
+             for v in (x * 0.9, x, x * 1.1)]
+    views += [engine._explain(v.flip(-1), lambda _: [(torch.full((2,), k), plain.references[:, k])
+                                                      for k in range(3)])[0].flip(-1) for v in (x * 0.9, x, x * 1.1)]
+    assert torch.allclose(smooth.maps, torch.stack(views).mean(0), atol=1e-5)
