@@ -16,7 +16,7 @@ from .concepts import ConceptSet
 from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess, find_images,
                    make_loader, read_class_names)
 from .errors import FinerCamError
-from .io import RunFolder, map_names, save_maps
+from .io import MapWriter, RunFolder, map_names
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
                      load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
@@ -205,6 +205,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels)
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
     bar = open_bar(progress, "Finer-CAM", len(todo))
+    writer = MapWriter(folder)
     try:
         for batch in loader:
             for item in batch:
@@ -216,11 +217,13 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
                     folder.add({"image": rel, "error": item["error"]})
             good = [item for item in batch if item["error"] is None]
             for group in _group_by_shape(good):
-                _explain_group(group, cfg, engine, folder, matcher, rel_paths, todo, npy_names, device, summary,
+                _explain_group(group, cfg, engine, writer, matcher, rel_paths, todo, npy_names, device, summary,
                                concepts)
             bar.update(len(batch))
             stop.check()
+        writer.close()
     finally:
+        writer.close(raise_errors=False)  # what was explained is written, whatever stopped the loop
         bar.close()
         folder.close()
     folder.finish(summary.to_json())
@@ -234,7 +237,7 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def _explain_group(group, cfg, engine: FinerCAM, folder: RunFolder, matcher, rel_paths, todo, npy_names,
+def _explain_group(group, cfg, engine: FinerCAM, writer: MapWriter, matcher, rel_paths, todo, npy_names,
                    device, summary: Summary, concepts: ConceptSet | None) -> None:
     rels = [rel_paths[todo[item["index"]]] for item in group]
     x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
@@ -279,11 +282,7 @@ def _explain_group(group, cfg, engine: FinerCAM, folder: RunFolder, matcher, rel
             "references": references[b],
             "top5": {"indices": top_i[b], "probs": [round(p, 6) for p in top_p[b]]},
         }
-        try:
-            save_maps(folder.dir / npy_names[rel], m.numpy())
-        except OSError as exc:
-            raise FinerCamError(f"{folder.dir / npy_names[rel]}: cannot write ({exc.strerror or exc})") from None
-        folder.add(entry)
+        writer.submit(npy_names[rel], m.numpy(), entry)
         summary.processed += 1
 
 

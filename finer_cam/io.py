@@ -6,6 +6,9 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +190,7 @@ class RunFolder:
             raise FinerCamError(f"--save_dir {save_dir}: the folder is not writable")
         self.run_info = run_info
         self.entries: dict[str, dict] = {}
+        self._lock = threading.Lock()  # index lines come from MapWriter's threads
         run_path = self.dir / RUN_FILE
         if run_path.exists():  # our folder: what a killed run was writing is gone
             remove_stale_temporaries(self.dir)
@@ -212,13 +216,15 @@ class RunFolder:
         return bool(entry) and "error" not in entry and (self.dir / entry.get("map", "")).is_file()
 
     def add(self, entry: dict) -> None:
-        """Append one image's index line (after its map file is in place)."""
-        self.entries[entry["image"]] = entry
-        try:
-            self._index.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            self._index.flush()
-        except OSError as exc:
-            raise FinerCamError(f"{self.dir / INDEX_FILE}: cannot write ({exc.strerror or exc})") from None
+        """Append one image's index line (after its map file is in place); safe from several threads."""
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.entries[entry["image"]] = entry
+            try:
+                self._index.write(line)
+                self._index.flush()
+            except OSError as exc:
+                raise FinerCamError(f"{self.dir / INDEX_FILE}: cannot write ({exc.strerror or exc})") from None
 
     def finish(self, summary: dict) -> None:
         self._index.close()
@@ -227,3 +233,43 @@ class RunFolder:
     def close(self) -> None:
         if not self._index.closed:
             self._index.close()
+
+
+class MapWriter:
+    """Writes each image's map file, then its index line, on a small thread pool off the main loop.
+
+    Writes stay atomic and in that order, so a killed run still leaves only finished images in the index.
+    A failed write (disk full, ...) is raised as a FinerCamError by a later :meth:`submit` or by
+    :meth:`close`; at most ``max_pending`` writes wait, which bounds the memory they hold.
+    """
+
+    def __init__(self, folder: RunFolder, threads: int = 2, max_pending: int = 64) -> None:
+        self.folder = folder
+        self.max_pending = max_pending
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="finer-cam-writer")
+        self._pending: deque[Future] = deque()
+
+    def submit(self, relative_map: str, maps: np.ndarray, entry: dict) -> None:
+        """Write ``maps`` to ``folder/relative_map``, then append ``entry`` to the index."""
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self.max_pending):
+            self._pending.popleft().result()  # raises the write's error, if any
+        self._pending.append(self._pool.submit(self._write, self.folder.dir / relative_map, maps, entry))
+
+    def _write(self, path: Path, maps: np.ndarray, entry: dict) -> None:
+        try:
+            save_maps(path, maps)
+        except OSError as exc:
+            raise FinerCamError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        self.folder.add(entry)
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for every pending write; raise the first error unless ``raise_errors`` is false."""
+        first = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except FinerCamError as exc:
+                first = first or exc
+        self._pool.shutdown(wait=True)
+        if first is not None and raise_errors:
+            raise first
