@@ -230,6 +230,27 @@ class ImageDataset(torch.utils.data.Dataset):
             return {"index": i, "image": None, "size": None, "error": str(exc)}
 
 
+def displayed_size(path: str | Path) -> tuple[int, int] | None:
+    """``(W, H)`` of an image as displayed (EXIF rotation applied), read from its header alone; None when
+    the header cannot be read (the image will fail properly when loaded)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def shape_batches(shapes: list[tuple[int, int] | None], batch_size: int) -> list[list[int]]:
+    """Batches of indices whose shapes are equal (bucketing by size): each bucket, in order of first
+    appearance, cut into batches of ``batch_size``; unknown shapes (None) share a bucket of their own."""
+    buckets: dict[tuple[int, int] | None, list[int]] = {}
+    for i, shape in enumerate(shapes):
+        buckets.setdefault(shape, []).append(i)
+    return [b[j: j + batch_size] for b in buckets.values() for j in range(0, len(b), batch_size)]
+
+
 def keep_as_list(items: list[dict]) -> list[dict]:
     """Collate function: images may differ in size, so batches stay lists and are grouped by shape later."""
     return items
@@ -240,7 +261,11 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       collate_fn=keep_as_list, pin_memory=pin_memory, worker_init_fn=_ignore_sigint,
-                                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
+def make_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False,
+                batches: list[list[int]] | None = None):
+    """Batches are lists of items (images may differ in size); ``batches`` fixes which indices go together
+    (see :func:`shape_batches`), else consecutive runs of ``batch_size``."""
+    sizing = {"batch_sampler": batches} if batches is not None else {"batch_size": batch_size, "shuffle": False}
+    return torch.utils.data.DataLoader(dataset, num_workers=num_workers, collate_fn=keep_as_list,
+                                       pin_memory=pin_memory, worker_init_fn=_ignore_sigint, persistent_workers=False,
+                                       prefetch_factor=4 if num_workers else None, **sizing)

@@ -13,8 +13,8 @@ import torch
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
-from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess, find_images,
-                   make_loader, read_class_names)
+from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
+                   displayed_size, find_images, make_loader, read_class_names, shape_batches)
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, map_names
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
@@ -203,7 +203,13 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     todo = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(todo))
     dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels)
-    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
+    batches = None
+    if cfg.max_size:  # inputs differ in shape: batch images of equal shape together (read off their headers)
+        shapes = [preprocess.input_size(*s) if s else None for s in map(displayed_size, dataset.paths)]
+        batches = shape_batches(shapes, cfg.batch_size)
+        log.debug("%d images in %d input shapes", len(shapes), len(set(shapes)))
+    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda",
+                         batches=batches)
     bar = open_bar(progress, "Finer-CAM", len(todo))
     writer = MapWriter(folder)
     try:

@@ -260,3 +260,27 @@ def test_map_writer_writes_off_the_main_loop_and_reports_a_failed_write(tmp_path
     index = fio.read_index(tmp_path / "out" / "index.jsonl")
     assert sorted(index) == sorted(f"d/{i}.jpg" for i in range(10))  # every line after its map; none for bad
     assert all(np.load(tmp_path / "out" / f"d/{i}.npy")[0, 0, 0] == i for i in range(10))
+
+
+def test_max_size_batches_images_of_equal_shape_together(setup, monkeypatch):
+    from finer_cam.cam import FinerCAM
+    from finer_cam.data import shape_batches
+
+    tmp_path, _ = setup
+    data = tmp_path / "mixed"
+    sizes = [(60, 40), (40, 60), (60, 40), (30, 30), (40, 60), (60, 40), (61, 41)]  # (61, 41) -> same as (60, 40)
+    for i, size in enumerate(sizes):
+        write_image(data / "c" / f"{i}.png", size=size, seed=i)
+    calls = []
+    real = FinerCAM.__call__
+
+    def record(self, x, *a, **k):
+        calls.append(tuple(x.shape))
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(FinerCAM, "__call__", record)
+    assert run(tmp_path, "--max_size", "70", "--batch_size", "3", data=data) == 0
+    # 4 images share 70x42 (after rounding to the patch), 2 are 42x70, 1 is 42x42: 2 + 1 + 1 forward passes
+    assert sorted(calls) == sorted([(3, 3, 42, 70), (1, 3, 42, 70), (2, 3, 70, 42), (1, 3, 42, 42)])
+    assert len(read_index(tmp_path / "out")) == 7
+    assert shape_batches([(1, 1), None, (2, 2), (1, 1), None], 2) == [[0, 3], [1, 4], [2]]
