@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(stop: StopRequest) -> int:
         summary = run_generate(cfg, progress=tqdm_bar, stop=stop)
+        if not summary.main:  # another rank of a torchrun run: rank 0 reports for all
+            return EXIT_FAILED_ITEMS if summary.failed else EXIT_OK
         print(f"{PROG}: {summary.processed} explained, {summary.skipped} already done, {summary.failed} failed "
               f"of {summary.total}; maps in {cfg.save_dir}", file=sys.stderr)
         if summary.label_fallback:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
                    displayed_size, find_images, make_loader, read_class_names, shape_batches)
+from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, map_names
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
@@ -69,6 +70,7 @@ class Summary:
     failed: int = 0
     label_fallback: int = 0  # folder matched no class: the prediction was explained
     errors: list[tuple[str, str]] = field(default_factory=list)
+    main: bool = True  # rank 0 of a multi-process run (or the only process): the one that reports
 
     def to_json(self) -> dict:
         return {"total": self.total, "processed": self.processed, "skipped": self.skipped, "failed": self.failed,
@@ -195,13 +197,18 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``;
     ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept)."""
     stop = stop or StopRequest()
+    ranks = init_ranks(resolve_device(cfg.device).type)
+    if ranks.world > 1 and resolve_device(cfg.device).type == "cuda":
+        cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
     model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(cfg)
-    folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
+    folder = _open_folder(cfg, run_info, ranks)
     matcher = LabelMatcher(class_names)
     rel_paths = [images.relative(p) for p in images.paths]
     npy_names = map_names(rel_paths)
-    todo = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
-    summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(todo))
+    pending = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
+    todo = ranks.shard(pending)
+    summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(pending), main=ranks.is_main)
+    progress = progress if ranks.is_main else None
     dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels)
     batches = None
     if cfg.max_size:  # inputs differ in shape: batch images of equal shape together (read off their headers)
@@ -232,8 +239,35 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
         writer.close(raise_errors=False)  # what was explained is written, whatever stopped the loop
         bar.close()
         folder.close()
-    folder.finish(summary.to_json())
+    counts = ranks.sum({"processed": summary.processed, "failed": summary.failed,
+                        "label_fallback": summary.label_fallback})
+    summary.processed, summary.failed, summary.label_fallback = (counts[k] for k in ("processed", "failed",
+                                                                                     "label_fallback"))
+    ranks.barrier()  # every rank's maps and index lines are in place
+    if ranks.is_main:
+        if ranks.world > 1:
+            folder.merge_shards()
+        folder.finish(summary.to_json())
+    ranks.barrier()
+    shutdown(ranks)
     return summary
+
+
+def _open_folder(cfg: GenerateConfig, run_info: dict, ranks: Ranks) -> RunFolder:
+    """Rank 0 opens (checks, compacts) the output folder while the others wait; then each rank appends its
+    index lines to a file of its own (merged at the end), or to the index itself in a single process."""
+    folder, error = None, None
+    if ranks.is_main:
+        try:
+            folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
+        except FinerCamError as exc:
+            error = exc
+    ranks.share_error(error)
+    if not ranks.is_main:
+        return RunFolder.attach(cfg.save_dir, run_info, ranks.rank)
+    if ranks.world > 1:
+        folder.write_to_shard(0)
+    return folder
 
 
 def _group_by_shape(items: list[dict]) -> list[list[dict]]:

@@ -17,6 +17,7 @@ from .errors import FinerCamError
 
 RUN_FILE = "run.json"
 INDEX_FILE = "index.jsonl"
+SHARD_INDEX = "index.rank{}.jsonl"  # one per rank of a torchrun run, merged into INDEX_FILE at its end
 # run.json fields that must agree for a rerun to resume into the same folder
 RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "preprocessing",
                "similarity", "target", "save_size", "aug_smooth")
@@ -203,13 +204,50 @@ class RunFolder:
             if changed:
                 raise FinerCamError(f"{run_path}: this folder holds a run with a different {', '.join(changed)}; "
                                     "use another --save_dir, or --overwrite to replace it")
-            self.entries = read_index(self.dir / INDEX_FILE)
+            self.entries = self._read_entries()
         write_json(run_path, run_info)
-        # rewrite the index compacted: one line per finished image, no torn line; errors and lost maps are redone
-        self.entries = {k: v for k, v in self.entries.items() if self.is_done(k)}
+        # the index compacted: one line per finished image, no torn line, the shard files of a killed
+        # multi-process run folded in; errors and lost maps are redone
+        self._rewrite_index(keep_errors=False)
+        self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
+
+    @classmethod
+    def attach(cls, save_dir: str | Path, run_info: dict, rank: int) -> RunFolder:
+        """The folder as another rank sees it once rank 0 has opened it: its finished images, and this
+        rank's own index file to append to."""
+        self = cls.__new__(cls)
+        self.dir, self.run_info, self._lock = Path(save_dir), run_info, threading.Lock()
+        self.entries = read_index(self.dir / INDEX_FILE)
+        self._index = open(self.dir / SHARD_INDEX.format(rank), "a", encoding="utf-8")
+        return self
+
+    def write_to_shard(self, rank: int) -> None:
+        """Append index lines to this rank's own file from now on (rank 0 of a multi-process run)."""
+        self._index.close()
+        self._index = open(self.dir / SHARD_INDEX.format(rank), "a", encoding="utf-8")
+
+    def merge_shards(self) -> None:
+        """Fold every rank's index file into the index (rank 0, once all ranks have finished)."""
+        self.close()
+        self.entries = self._read_entries()
+        self._rewrite_index(keep_errors=True)
+        self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
+
+    def _shard_files(self) -> list[Path]:
+        return sorted(self.dir.glob(SHARD_INDEX.format("*")))
+
+    def _read_entries(self) -> dict[str, dict]:
+        entries = read_index(self.dir / INDEX_FILE)
+        for shard in self._shard_files():
+            entries.update(read_index(shard))
+        return entries
+
+    def _rewrite_index(self, keep_errors: bool) -> None:
+        self.entries = {k: v for k, v in self.entries.items() if self.is_done(k) or (keep_errors and "error" in v)}
         lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries.values())
         atomic_write_bytes(self.dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
-        self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
+        for shard in self._shard_files():
+            shard.unlink()
 
     def is_done(self, image: str) -> bool:
         entry = self.entries.get(image)

@@ -1,0 +1,95 @@
+"""torchrun with 2 CPU processes (gloo): the merged output equals a single-process run; resume per shard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_classifier, write_image
+
+import generate_cam
+from finer_cam.distributed import Ranks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    model = tiny_classifier(num_classes=196, depth=2)
+    torch.save(model.backbone.state_dict(), tmp / "backbone.pth")
+    torch.save(model.head.state_dict(), tmp / "head.pth")
+    for i in range(11):
+        write_image(tmp / "data" / ["Acura RL Sedan 2012", "other"][i % 2] / f"{i:02d}.jpg", size=(40 + i, 30), seed=i)
+    (tmp / "data" / "other" / "broken.jpg").write_text("not an image")
+    assert generate_cam.main(flags(tmp, tmp / "single")) == 1  # one image cannot be read
+    return tmp
+
+
+def flags(tmp: Path, out: Path) -> list[str]:
+    return ["--dataset_path", str(tmp / "data"), "--save_dir", str(out), "--model_path", str(tmp / "backbone.pth"),
+            "--classifier_path", str(tmp / "head.pth"), "--num_workers", "0", "--batch_size", "2", "--device", "cpu"]
+
+
+def torchrun(tmp: Path, out: Path, n: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                           "generate_cam.py", *flags(tmp, out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def as_data(out: Path) -> tuple[dict, dict]:
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len({e["image"] for e in index}) == len(index)  # each image once
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    return {e["image"]: e for e in index}, run
+
+
+def assert_equal_runs(out: Path, reference: Path, skipped: int = 0) -> None:
+    (index, run), (ref_index, ref_run) = as_data(out), as_data(reference)
+    assert index == ref_index
+    summary, ref_summary = run.pop("summary"), ref_run.pop("summary")
+    assert run == ref_run
+    assert summary == {**ref_summary, "skipped": skipped, "processed": ref_summary["processed"] - skipped}
+    for e in index.values():
+        if "map" in e:
+            np.testing.assert_array_equal(np.load(out / e["map"]), np.load(reference / e["map"]))
+    assert not list(out.glob("index.rank*.jsonl")) and not list(out.rglob("*.tmp"))
+
+
+def test_two_processes_write_what_one_process_writes(world):
+    done = torchrun(world, world / "two")
+    assert done.returncode != 0  # the unreadable image: status 1 on rank 0
+    assert done.stderr.count("generate_cam.py: 11 explained, 0 already done, 1 failed of 12") == 1  # rank 0, for all
+    assert_equal_runs(world / "two", world / "single")
+
+
+def test_a_killed_multi_process_run_resumes_per_shard(world, tmp_path):
+    """What a killed 2-rank run leaves: each rank's index file (one torn line) and some maps; the rerun
+    folds both in, redoes the rest, and ends as the single-process run."""
+    out = tmp_path / "killed"
+    generate_cam.main(flags(world, out))
+    entries = [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").splitlines()]
+    done = [e for e in entries if "map" in e]
+    (out / "index.jsonl").write_text("")
+    for rank in (0, 1):
+        mine = Ranks(rank, 2).shard(done)[:3]
+        lines = "".join(json.dumps(e) + "\n" for e in mine)
+        (out / f"index.rank{rank}.jsonl").write_text(lines + '{"image": "torn', encoding="utf-8")
+    kept = {e["image"] for r in (0, 1) for e in Ranks(r, 2).shard(done)[:3]}
+    for e in done:
+        if e["image"] not in kept:
+            (out / e["map"]).unlink()
+    result = torchrun(world, out)
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert_equal_runs(out, world / "single", skipped=len(kept))
+
+
+def test_ranks_shard_disjointly_and_completely():
+    items = list(range(23))
+    shards = [Ranks(r, 4).shard(items) for r in range(4)]
+    assert sorted(sum(shards, [])) == items and all(len(s) in (5, 6) for s in shards)
