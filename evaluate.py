@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(stop: StopRequest) -> int:
         result = run_evaluate(cfg, progress=tqdm_bar, stop=stop)
+        if not result.main:  # another rank of a torchrun run: rank 0 writes and reports for all
+            return EXIT_OK
         print(format_table(result))
         print(f"{PROG}: {result.images} images evaluated; tables and figures in {cfg.out}", file=sys.stderr)
         if result.failed:

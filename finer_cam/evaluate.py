@@ -28,6 +28,7 @@ from PIL import Image
 
 from .cam import normalize_maps, resize_maps
 from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
+from .distributed import init_ranks, shutdown
 from .errors import FinerCamError
 from .generate import resolve_device
 from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
@@ -69,6 +70,7 @@ class EvaluateResult:
     images: int = 0
     failed: int = 0
     metrics: list[str] = field(default_factory=list)
+    main: bool = True  # rank 0 of a torchrun run (or the only process): the one that writes and reports
 
 
 def _pct(p: float) -> str:
@@ -252,6 +254,9 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: a concept run (--concepts); evaluate.py measures the maps "
                             "of a classifier's classes and does not take concept maps")
     device = resolve_device(cfg.device)
+    ranks = init_ranks(device.type)
+    if ranks.world > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{ranks.local_rank}")
     model = _load_model(cfg, run_info, device)
     modes = [m["name"] for m in run_info["modes"]]
     class_names = run_info["class_names"]
@@ -268,15 +273,16 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     if not chosen:
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: index.jsonl lists no explained images")
     names = metric_names(cfg, truth.regions)
-    result = EvaluateResult(summary={}, rows=[], metrics=names)
+    result = EvaluateResult(summary={}, rows=[], metrics=names, main=ranks.is_main)
     curves: dict[str, list[np.ndarray]] = {"deletion": [], "insertion": []}
-    dataset = ImageDataset([root / e["image"] for e in chosen], preprocess, cfg.max_pixels)
+    mine = ranks.shard(chosen)  # torchrun: each rank evaluates its share; rank 0 gathers and writes
+    dataset = ImageDataset([root / e["image"] for e in mine], preprocess, cfg.max_pixels)
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
-    with open_bar(progress, "evaluate", len(chosen)) as bar:
+    with open_bar(progress if ranks.is_main else None, "evaluate", len(mine)) as bar:
         for batch in loader:
             ready = []
             for item in batch:
-                entry = chosen[item["index"]]
+                entry = mine[item["index"]]
                 try:
                     if item["error"] is not None:
                         raise SkippedFile(root / entry["image"], item["error"])
@@ -288,6 +294,16 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves)
             bar.update(len(batch))
             stop.check()
+    if ranks.world > 1:
+        parts = ranks.gather((result.rows, curves, result.failed))
+        shutdown(ranks)
+        if not ranks.is_main:
+            return result
+        order = {e["image"]: i for i, e in enumerate(chosen)}
+        result.rows = sorted((r for rows, _, _ in parts for r in rows),
+                             key=lambda r: (order[r["image"]], modes.index(r["mode"])))
+        curves = {k: [c for _, part, _ in parts for c in part[k]] for k in curves}
+        result.failed = sum(f for _, _, f in parts)
     for mode in modes:
         rows = [r for r in result.rows if r["mode"] == mode]
         result.summary[mode] = {}

@@ -93,3 +93,36 @@ def test_ranks_shard_disjointly_and_completely():
     items = list(range(23))
     shards = [Ranks(r, 4).shard(items) for r in range(4)]
     assert sorted(sum(shards, [])) == items and all(len(s) in (5, 6) for s in shards)
+
+
+def test_evaluate_over_two_processes_gives_the_single_process_tables(world):
+    import csv
+
+    import evaluate
+
+    single, two = world / "eval_single", world / "eval_two"
+    common = ["--cam_dir", str(world / "single"), "--steps", "4", "--percent", "10", "--num_workers", "0",
+              "--device", "cpu", "--batch_size", "8"]
+    assert evaluate.main([*common, "--out", str(single)]) == 0
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "evaluate.py", *common, "--out", str(two)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("11 images evaluated") == 1
+
+    def rows(folder):
+        with open(folder / "per_image.csv", encoding="utf-8") as f:
+            return sorted((r["image"], r["mode"], {k: v for k, v in r.items() if k not in ("image", "mode")})
+                          for r in csv.DictReader(f))
+
+    a, b = rows(single), rows(two)
+    assert [r[:2] for r in a] == [r[:2] for r in b] and len(a) == 33
+    for (_, _, x), (_, _, y) in zip(a, b):
+        for k in x:
+            assert x[k] == y[k] or abs(float(x[k]) - float(y[k])) < 1e-5, k
+    s1, s2 = (json.loads((f / "summary.json").read_text()) for f in (single, two))
+    assert s1["images"] == s2["images"] == 11
+    for mode in s1["modes"]:
+        for metric, v in s1["modes"][mode].items():
+            assert v["n"] == s2["modes"][mode][metric]["n"]
+            assert abs(v["mean"] - s2["modes"][mode][metric]["mean"]) < 1e-5
