@@ -12,7 +12,7 @@ from finer_cam.progress import StopRequest
 from finer_cam.data import MAX_PIXELS, NORMALIZATIONS
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.generate import DEFAULT_HEAD, DEFAULT_MODELS, SAVE_SIZES, GenerateConfig, run_generate
-from finer_cam.models import BACKBONES, CLIP_POOLS
+from finer_cam.models import BACKBONES, CLIP_POOLS, PRECISIONS
 from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
 
 PROG = "generate_cam.py"
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 runs the model under autocast")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast")
     r.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
                    help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
     r.add_argument("--verbose", action="store_true", help="more log output")

@@ -11,7 +11,7 @@ from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging,
 from finer_cam.progress import StopRequest
 from finer_cam.data import MAX_PIXELS, NORMALIZATIONS
 from finer_cam.generate import DEFAULT_MODELS
-from finer_cam.models import BACKBONES, CLIP_POOLS
+from finer_cam.models import BACKBONES, CLIP_POOLS, PRECISIONS
 from finer_cam.train import TrainConfig, run_train
 
 PROG = "train_classifier.py"
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("runtime")
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 runs the backbone under autocast")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the backbone's: fp32; tf32 (TF32 matrix products on CUDA); bf16 (autocast)")
     r.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
     r.add_argument("--verbose", action="store_true", help="more log output")
     return p

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FinerCamError
-from .models import Classifier, autocast
+from .models import PRECISIONS, Classifier, autocast
 from .targets import Mode, max_rank, objectives, rank_references, weight_cosine
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam")
@@ -111,8 +111,8 @@ class FinerCAM:
                  similarity: str = "logit-distance", precision: str = "fp32", score_batch_size: int = 64) -> None:
         if method not in METHODS:
             raise FinerCamError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-        if precision not in ("fp32", "bf16"):
-            raise FinerCamError(f"--precision {precision!r}: expected fp32 or bf16")
+        if precision not in PRECISIONS:
+            raise FinerCamError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.model = model
         self.modes = modes
         self.method = method

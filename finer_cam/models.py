@@ -10,6 +10,7 @@ For CAMs both run in two parts, split at the target layer (the last block's firs
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -154,9 +155,25 @@ def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls"
     return Classifier(backbone, head)
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
 def autocast(device: torch.device, precision: str):
-    """The model's precision: ``bf16`` runs it under autocast, ``fp32`` as it is."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """The model's precision: ``fp32`` as it is; ``tf32`` float32 tensors whose matrix products may use
+    TF32 on CUDA (Ampere or newer; no effect elsewhere); ``bf16`` under autocast."""
+    if precision not in PRECISIONS:
+        raise FinerCamError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "tf32":
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+        return
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        yield
 
 
 def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Linear:

@@ -177,3 +177,21 @@ def test_aug_smooth_averages_the_deaugmented_views_with_fixed_references(classif
             views.append(m.flip(-1) if flip else m)
     assert torch.allclose(smooth.maps, torch.stack(views).mean(0), atol=1e-6)
     assert not torch.allclose(smooth.maps, plain.maps, atol=1e-3 * plain.maps.max().item())
+
+
+def test_tf32_is_float32_with_tf32_products_allowed_only_inside(classifier):
+    seen = []
+    real = classifier.forward_from_target
+
+    def spy(*a):
+        seen.append(torch.get_float32_matmul_precision())
+        return real(*a)
+
+    classifier.forward_from_target = spy
+    before = torch.get_float32_matmul_precision()
+    x = torch.randn(2, 3, 56, 56)
+    modes = parse_modes(["baseline:0", "finer:0.6:1,2,3"])
+    got = FinerCAM(classifier, modes, precision="tf32")(x, target="predicted")
+    want = FinerCAM(classifier, modes)(x, target="predicted")
+    assert seen[0] == "high" and torch.get_float32_matmul_precision() == before
+    assert got.maps.dtype == torch.float32 and torch.allclose(got.maps, want.maps)  # no TF32 on a CPU
