@@ -9,7 +9,7 @@ import sys
 from finer_cam.cam import METHODS
 from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
 from finer_cam.progress import StopRequest
-from finer_cam.data import MAX_PIXELS, NORMALIZATIONS
+from finer_cam.data import DECODERS, MAX_PIXELS, NORMALIZATIONS
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.generate import DEFAULT_HEAD, DEFAULT_MODELS, SAVE_SIZES, GenerateConfig, run_generate
 from finer_cam.models import BACKBONES, CLIP_POOLS, PRECISIONS
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast")
+    r.add_argument("--decode", choices=DECODERS, default="pil",
+                   help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced "
+                        "size first (faster, maps very close); torchvision: JPEGs decoded on the model's device "
+                        "(nvJPEG on CUDA) and resized there with torch")
     r.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
                    help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
     r.add_argument("--verbose", action="store_true", help="more log output")

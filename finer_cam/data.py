@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import FinerCamError
@@ -133,10 +134,13 @@ class LabelMatcher:
 
 # ------------------------------------------------------------------------------------------------ images
 
-def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS,
+               reduce_for: Preprocess | None = None) -> Image.Image:
     """Decode any PIL image to RGB as displayed (EXIF rotation applied, first frame, alpha over white).
 
-    16-bit and 32-bit grey images are rescaled to 8 bits rather than clipped. Raises ImageError.
+    16-bit and 32-bit grey images are rescaled to 8 bits rather than clipped. With ``reduce_for``, a JPEG
+    is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers that preprocessing's input
+    size (PIL's ``Image.draft``); ``info["original_size"]`` keeps the full displayed size. Raises ImageError.
     """
     try:
         with Image.open(path) as img:
@@ -144,9 +148,15 @@ def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Image.I
                 raise ImageError(f"{img.width}x{img.height} pixels is above the limit of {max_pixels} "
                                  "(--max_pixels; refused as a possible decompression bomb)")
             img.seek(0)
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            original = img.size[::-1] if turned else img.size
+            if reduce_for is not None and img.format == "JPEG":
+                w, h = reduce_for.input_size(*original)
+                img.draft("RGB", (h, w) if turned else (w, h))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            img = _to_rgb(ImageOps.exif_transpose(img))
+            img.info["original_size"] = original
+            return img
     except ImageError:
         raise
     except FileNotFoundError:
@@ -202,6 +212,19 @@ class Preprocess:
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std
 
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The same for decoded ``uint8 [3, H, W]`` pixels on any device: bicubic resize with antialiasing
+        (as PIL's) in torch, then normalisation."""
+        h, w = pixels.shape[-2:]
+        tw, th = self.input_size(w, h)
+        x = pixels.float().unsqueeze(0)
+        if (tw, th) != (w, h):
+            x = F.interpolate(x, size=(th, tw), mode="bicubic", antialias=True, align_corners=False)
+            x = x.round().clamp(0, 255)  # PIL rounds its resized pixels to 8 bits
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x[0] / 255.0 - mean) / std
+
     def to_json(self) -> dict:
         return {"image_size": self.image_size, "max_size": self.max_size, "patch": self.patch,
                 "interpolation": "bicubic", "mean": list(self.mean), "std": list(self.std)}
@@ -211,23 +234,83 @@ def _round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Items ``{"index", "image" [3, H, W] or None, "size" (W, H), "error"}``: a bad image is an item too."""
+DECODERS = ("pil", "draft", "torchvision")
 
-    def __init__(self, paths: list[Path], preprocess: Preprocess, max_pixels: int | None = MAX_PIXELS) -> None:
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Items ``{"index", "image" [3, H, W] or None, "size" (W, H) as displayed, "error"}``: a bad image is
+    an item too.
+
+    ``decode``: ``pil`` decodes and resizes with PIL; ``draft`` lets PIL decode JPEGs at a reduced size
+    first; ``torchvision`` leaves JPEGs undecoded here (the item carries ``raw`` bytes and its EXIF
+    ``orientation``) for :func:`decode_raw` to decode on the model's device; other formats go through PIL.
+    """
+
+    def __init__(self, paths: list[Path], preprocess: Preprocess, max_pixels: int | None = MAX_PIXELS,
+                 decode: str = "pil") -> None:
+        if decode not in DECODERS:
+            raise FinerCamError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
         self.paths = paths
         self.preprocess = preprocess
         self.max_pixels = max_pixels
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         try:
-            img = load_image(self.paths[i], self.max_pixels)
-            return {"index": i, "image": self.preprocess(img), "size": img.size, "error": None}
+            if self.decode == "torchvision":
+                raw = _raw_jpeg(self.paths[i], self.max_pixels)
+                if raw is not None:
+                    return {"index": i, "image": None, "error": None, **raw}
+            img = load_image(self.paths[i], self.max_pixels, self.preprocess if self.decode == "draft" else None)
+            return {"index": i, "image": self.preprocess(img), "size": img.info["original_size"], "error": None}
         except ImageError as exc:
             return {"index": i, "image": None, "size": None, "error": str(exc)}
+
+
+def _raw_jpeg(path: Path, max_pixels: int | None) -> dict | None:
+    """The bytes, displayed size and EXIF orientation of a baseline RGB or grey JPEG (None for anything else,
+    which PIL decodes); the pixel limit is checked on the header."""
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):
+        return None  # PIL's path names the problem
+    if max_pixels and w * h > max_pixels:
+        raise ImageError(f"{w}x{h} pixels is above the limit of {max_pixels} "
+                         "(--max_pixels; refused as a possible decompression bomb)")
+    data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    return {"raw": data, "orientation": orientation, "size": (h, w) if orientation in (5, 6, 7, 8) else (w, h)}
+
+
+def exif_orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """``[..., H, W]`` as displayed for an EXIF orientation (1-8), as ``PIL.ImageOps.exif_transpose``."""
+    ops = {2: "f", 3: "fv", 4: "v", 5: "t", 6: "tf", 7: "tfv", 8: "tv"}.get(orientation, "")
+    for op in ops:
+        image = image.transpose(-1, -2) if op == "t" else image.flip(-1) if op == "f" else image.flip(-2)
+    return image
+
+
+def decode_raw(items: list[dict], preprocess: Preprocess, device: torch.device) -> None:
+    """Decode the items that carry ``raw`` JPEG bytes on ``device`` (nvJPEG on CUDA) and preprocess them
+    there; an item whose bytes do not decode gets its ``error`` instead."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    for item in items:
+        if item.get("raw") is None:
+            continue
+        raw = item.pop("raw")
+        try:
+            pixels = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as exc:
+            item["error"] = f"not a readable image ({str(exc).splitlines()[0] if str(exc) else 'decode failed'})"
+            continue
+        item["image"] = preprocess.from_pixels(exif_orient(pixels, item.pop("orientation")))
 
 
 def displayed_size(path: str | Path) -> tuple[int, int] | None:

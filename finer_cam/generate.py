@@ -14,7 +14,7 @@ from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
-                   displayed_size, find_images, make_loader, read_class_names, shape_batches)
+                   decode_raw, displayed_size, find_images, make_loader, read_class_names, shape_batches)
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, map_names
@@ -60,6 +60,7 @@ class GenerateConfig:
     aug_smooth: bool = False
     overwrite: bool = False
     max_pixels: int | None = MAX_PIXELS
+    decode: str = "pil"  # data.DECODERS
 
 
 @dataclass
@@ -209,7 +210,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     todo = ranks.shard(pending)
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(pending), main=ranks.is_main)
     progress = progress if ranks.is_main else None
-    dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels)
+    dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels, cfg.decode)
     batches = None
     if cfg.max_size:  # inputs differ in shape: batch images of equal shape together (read off their headers)
         shapes = [preprocess.input_size(*s) if s else None for s in map(displayed_size, dataset.paths)]
@@ -221,6 +222,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     writer = MapWriter(folder)
     try:
         for batch in loader:
+            decode_raw(batch, preprocess, device)  # --decode torchvision: JPEGs decoded on the device
             for item in batch:
                 if item["error"] is not None:
                     rel = rel_paths[todo[item["index"]]]
