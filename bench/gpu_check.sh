@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU figures of the core and throughput issues, as one prepared run for a lent GPU (`run` tool):
+# about 5 minutes on one H100. Prints the card, then images/s against torchcam (whole processes) and the
+# in-process images/s of every decoding path and precision.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+python bench/bench_generate.py --device cuda --images 512 --batch 64 --repeat 1 --skip-official
+python bench/bench_generate.py --device cuda --images 512 --batch 64 --repeat 1 --skip-official --precision bf16
+python bench/bench_throughput.py --device cuda --images 2048 --batch 64 --workers 16 --skip_closeness
