@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--skip-official", action="store_true", help="skip the slow batch-1 reference")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each way; the median is reported")
+    ap.add_argument("--workers", type=int, default=1, help="decoding processes for generate_cam.py and torchcam")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -61,11 +62,12 @@ def main() -> None:
         common = [str(tmp / "backbone.pth"), args.head, str(tmp / "images")]
         ours = [sys.executable, "generate_cam.py", "--model_path", common[0], "--classifier_path", common[1],
                 "--dataset_path", common[2], "--save_dir", str(tmp / "ours"), "--batch_size", str(args.batch),
-                "--num_workers", "1", "--device", args.device, "--precision", args.precision]
+                "--num_workers", str(args.workers), "--device", args.device, "--precision", args.precision]
         ours += ["--overwrite"]
         peer = [sys.executable, "bench/peers.py"]
         ways = {"generate_cam.py": ours,
-                "torchcam 0.5.0 FinerCAM": peer + ["torchcam", *common, str(tmp / "tc"), str(args.batch), args.device]}
+                "torchcam 0.5.0 FinerCAM": peer + ["torchcam", *common, str(tmp / "tc"), str(args.batch), args.device,
+                                                     str(args.workers)]}
         if not args.skip_official:
             ways["pytorch-grad-cam 1.5.7 FinerCAM (official way)"] = \
                 peer + ["official", *common, str(tmp / "gc"), "1", args.device]

@@ -6,7 +6,8 @@ torchcam:  torchcam 0.5.0 FinerCAM: one forward per batch, then one autograd pas
 Both load the same backbone and head, decode the same images with the same preprocessing and write one
 .npy of normalised maps per image, so the whole-process times compare like for like.
 
-Usage: python bench/peers.py {official,torchcam} MODEL HEAD IMAGE_DIR OUT_DIR BATCH [DEVICE]
+Usage: python bench/peers.py {official,torchcam} MODEL HEAD IMAGE_DIR OUT_DIR BATCH [DEVICE [WORKERS]]
+(torchcam decodes in WORKERS DataLoader processes, 0 by default, as generate_cam.py's --num_workers.)
 """
 
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from finer_cam.data import NORMALIZATIONS, Preprocess, find_images, load_image  # noqa: E402
+from finer_cam.data import NORMALIZATIONS, ImageDataset, Preprocess, find_images, load_image  # noqa: E402
 from dinov2 import load_dinov2  # noqa: E402
 from finer_cam.models import Classifier, load_head  # noqa: E402
 
@@ -26,6 +27,7 @@ MODES = [(0.0, [1]), (0.6, [1, 2, 3]), (1.0, [1])]  # baseline, finer, compare
 def main() -> None:
     peer, model_path, head_path, image_dir, out_dir, batch = sys.argv[1:7]
     device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
+    workers = int(sys.argv[8]) if len(sys.argv) > 8 else 0
     torch.set_grad_enabled(True)
     # plain PyTorch modules, as a user of these libraries builds them (no finer_cam.kernels)
     model = Classifier(load_dinov2(model_path), load_head(head_path)).to(device).eval()
@@ -33,7 +35,10 @@ def main() -> None:
     paths = find_images(image_dir).paths
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (official if peer == "official" else torchcam_way)(model, pre, paths, out, int(batch), device)
+    if peer == "official":
+        official(model, pre, paths, out, int(batch), device)
+    else:
+        torchcam_way(model, pre, paths, out, int(batch), device, workers)
 
 
 def official(model, pre, paths, out, _batch, device) -> None:
@@ -49,7 +54,7 @@ def official(model, pre, paths, out, _batch, device) -> None:
         np.save(out / (path.stem + ".npy"), np.stack(maps).astype(np.float16))
 
 
-def torchcam_way(model, pre, paths, out, batch, device) -> None:
+def torchcam_way(model, pre, paths, out, batch, device, workers=0) -> None:
     from torchcam.methods import FinerCAM
 
     class GridModel(torch.nn.Module):  # torchcam hooks a [B, D, h, w] map: expose the patch grid as a module
@@ -70,9 +75,11 @@ def torchcam_way(model, pre, paths, out, batch, device) -> None:
 
     net = GridModel()
     extractor = FinerCAM(net, "grid")
-    for i in range(0, len(paths), batch):
+    loader = torch.utils.data.DataLoader(ImageDataset(paths, pre), batch_size=batch, num_workers=workers,
+                                         collate_fn=lambda items: items, pin_memory=device.startswith("cuda"))
+    for i, items in zip(range(0, len(paths), batch), loader):
         chunk = paths[i: i + batch]
-        x = torch.stack([pre(load_image(p)) for p in chunk]).to(device)
+        x = torch.stack([item["image"] for item in items]).to(device, non_blocking=True)
         scores = net(x)  # one forward per batch
         maps = []
         for k, (alpha, cats) in enumerate(MODES):  # then one autograd pass per mode

@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torchvision import transforms
 
 from dinov2.vision_transformer import CheckpointError, is_torchscript, load_state_dict_file
 
@@ -51,8 +50,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CLIP:
     return model.to(device).eval()
 
 
-def preprocess_for(resolution: int) -> transforms.Compose:
-    """OpenAI's preprocessing: bicubic resize of the short side, centre crop, RGB, tensor, normalise."""
+def preprocess_for(resolution: int):
+    """OpenAI's preprocessing: bicubic resize of the short side, centre crop, RGB, tensor, normalise
+    (a torchvision ``Compose``; torchvision is imported here, not with the package: it takes a second)."""
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(resolution),
@@ -63,7 +65,7 @@ def preprocess_for(resolution: int) -> transforms.Compose:
 
 
 def load(name: str | Path, device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
-         jit: bool = False, download_root: str | None = None) -> tuple[CLIP, transforms.Compose]:
+         jit: bool = False, download_root: str | None = None) -> tuple[CLIP, object]:
     """``(model, preprocess)`` from a local checkpoint file, as OpenAI's ``clip.load``.
 
     Weights are never downloaded here: ``name`` is a path (``download_root`` may name the folder it is in).

@@ -299,6 +299,8 @@ def exif_orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def decode_raw(items: list[dict], preprocess: Preprocess, device: torch.device) -> None:
     """Decode the items that carry ``raw`` JPEG bytes on ``device`` (nvJPEG on CUDA) and preprocess them
     there; an item whose bytes do not decode gets its ``error`` instead."""
+    if not any(item.get("raw") is not None for item in items):
+        return  # (torchvision takes a second to import: only when there is something to decode)
     from torchvision.io import ImageReadMode, decode_jpeg
 
     for item in items:

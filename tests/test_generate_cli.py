@@ -318,3 +318,15 @@ def test_memory_stays_flat_over_a_long_run(setup):
     assert summary.processed == 400 and len(rss) == 100
     growth = max(rss[25:]) - rss[25]  # after a quarter of the run (allocator pools warmed up)
     assert growth < 8 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB over 300 images"
+
+
+def test_starting_generate_cam_does_not_import_torchvision():
+    """torchvision takes about a second to import; generate_cam.py (with PIL decoding) must not pay it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, generate_cam, finer_cam.generate, finer_cam.data as d; d.decode_raw([{'raw': None}], None, None); "
+            "print('torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True)
+    assert done.stdout.strip() == "False", done.stderr[-500:]
