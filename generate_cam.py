@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the shared forward pass: pays off on a GPU over many images (compiling takes "
+                        "a minute, once per input shape)")
     r.add_argument("--decode", choices=DECODERS, default="pil",
                    help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced "
                         "size first (faster, maps very close); torchvision: JPEGs decoded on the model's device "

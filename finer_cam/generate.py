@@ -61,6 +61,7 @@ class GenerateConfig:
     overwrite: bool = False
     max_pixels: int | None = MAX_PIXELS
     decode: str = "pil"  # data.DECODERS
+    compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
 
 
 @dataclass
@@ -168,6 +169,9 @@ def prepare(cfg: GenerateConfig):
     mean, std = NORMALIZATIONS[normalize]
     preprocess = Preprocess(mean, std, image_size=None if cfg.max_size else image_size, max_size=cfg.max_size,
                             patch=model.patch_size)
+    if cfg.compile:
+        # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
+        model.forward_to_target = torch.compile(model.forward_to_target)
     engine = FinerCAM(model, modes, cfg.method, cfg.similarity, cfg.precision)
     images = find_images(cfg.dataset_path)
     run_info = {

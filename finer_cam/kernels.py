@@ -9,8 +9,8 @@ models (the backbone and head that Finer-CAM explains, or that a head is trained
 
 The swap changes no parameter and no state-dict key, and the result is the same product (max abs
 difference to MKL about 3e-6 on ViT-B-sized inputs, the usual float32 reassociation). Anything else falls
-back to ``F.linear``: other devices or dtypes, autocast, a weight that needs a gradient, or a PyTorch build
-without these oneDNN operators (checked once against ``F.linear`` on a small case). The packed copy
+back to ``F.linear``: other devices or dtypes, autocast, torch.compile, a weight that needs a gradient, or a
+PyTorch build without these oneDNN operators (checked once against ``F.linear`` on a small case). The packed copy
 costs one more copy of each weight in memory.
 """
 
@@ -43,6 +43,12 @@ def _autocast_on() -> bool:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # PyTorch before 2.4
         return torch.is_autocast_cpu_enabled()
+
+
+def _compiling() -> bool:
+    """Under torch.compile the compiler picks the kernels itself (it cannot take a pre-packed weight)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def _packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -100,7 +106,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
                 or self.weight.requires_grad or x.shape[-1] != self.in_features or x.numel() == 0
-                or _autocast_on()):
+                or _autocast_on() or _compiling()):
             return F.linear(x, self.weight, self.bias)
         return _PackedLinearFunction.apply(x.contiguous(), self)
 

@@ -330,3 +330,19 @@ def test_starting_generate_cam_does_not_import_torchvision():
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                           text=True)
     assert done.stdout.strip() == "False", done.stderr[-500:]
+
+
+def test_compile_compiles_the_shared_forward_and_changes_no_map(setup, monkeypatch):
+    tmp_path, _ = setup
+    compiled = []
+
+    def fake_compile(fn, **kw):  # the plumbing, without a minute of inductor on the CPU
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert run(tmp_path, "--compile", out="compiled") == 0 and run(tmp_path, out="plain") == 0
+    assert compiled == ["forward_to_target"]
+    for e in read_index(tmp_path / "plain"):
+        if "map" in e:
+            assert np.array_equal(np.load(tmp_path / "compiled" / e["map"]), np.load(tmp_path / "plain" / e["map"]))

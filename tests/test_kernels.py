@@ -85,3 +85,13 @@ def test_finer_cam_maps_of_the_packed_model_equal_the_plain_ones():
     assert torch.equal(got.references, want.references)
     scale = want.maps.abs().amax()
     assert (got.maps - want.maps).abs().max() <= 1e-4 * scale
+
+
+def test_torch_compile_runs_the_packed_model_with_its_own_kernels():
+    """Inductor cannot take a pre-packed weight: under torch.compile PackedLinear is a plain linear layer."""
+    model = frozen(tiny_classifier(depth=2), "cpu")
+    x = torch.randn(2, 3, 56, 56, generator=GEN)
+    with torch.no_grad():
+        want = model.forward_to_target(x)[1]
+        got = torch.compile(model.forward_to_target)(x)[1]
+    assert torch.allclose(got, want, atol=1e-5)
