@@ -30,6 +30,14 @@ def tiny_classifier(num_classes: int = 10, seed: int = 0, embed_dim: int = 64, d
     return model
 
 
+def save_tiny_classifier(folder, **kwargs) -> Classifier:
+    """A :func:`tiny_classifier` saved in the official formats as ``folder/backbone.pth`` and ``folder/head.pth``."""
+    model = tiny_classifier(**kwargs)
+    torch.save(model.backbone.state_dict(), folder / "backbone.pth")
+    torch.save(model.head.state_dict(), folder / "head.pth")
+    return model
+
+
 @pytest.fixture
 def classifier() -> Classifier:
     return tiny_classifier()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_classifier
+from conftest import save_tiny_classifier
 from PIL import Image, ImageOps
 
 import generate_cam
@@ -63,9 +63,7 @@ def test_draft_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path):
 
 
 def test_maps_from_the_faster_paths_correlate_with_pils(tmp_path):
-    model = tiny_classifier(num_classes=196, depth=2)
-    torch.save(model.backbone.state_dict(), tmp_path / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp_path / "head.pth")
+    save_tiny_classifier(tmp_path, num_classes=196, depth=2)
     for i in range(4):
         smooth_jpeg(tmp_path / "data" / "c" / f"{i}.jpg", size=(400 + 40 * i, 300), orientation=[1, 6, 3, 8][i], seed=i)
     outs = {}

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_classifier, write_image
+from conftest import save_tiny_classifier, write_image
 
 import generate_cam
 from finer_cam.distributed import Ranks
@@ -21,9 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    model = tiny_classifier(num_classes=196, depth=2)
-    torch.save(model.backbone.state_dict(), tmp / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp / "head.pth")
+    save_tiny_classifier(tmp, num_classes=196, depth=2)
     for i in range(11):
         write_image(tmp / "data" / ["Acura RL Sedan 2012", "other"][i % 2] / f"{i:02d}.jpg", size=(40 + i, 30), seed=i)
     (tmp / "data" / "other" / "broken.jpg").write_text("not an image")

@@ -8,8 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_classifier, write_image
+from conftest import save_tiny_classifier, write_image
 from PIL import Image
 
 import evaluate
@@ -21,9 +20,7 @@ CLASSES = ["a", "b", "c", "d", "e"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
-    model = tiny_classifier(num_classes=5, img_size=56)
-    torch.save(model.backbone.state_dict(), tmp / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp / "head.pth")
+    save_tiny_classifier(tmp, num_classes=5, img_size=56)
     (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     for i, name in enumerate(CLASSES[:3]):
         for j in range(2):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_classifier, write_image
+from conftest import save_tiny_classifier, write_image
 from PIL import Image
 
 import generate_cam
@@ -22,9 +22,7 @@ CARS = read_class_names(Path(__file__).resolve().parents[1] / "finer_cam" / "res
 @pytest.fixture
 def setup(tmp_path):
     """A 196-class tiny model saved in the official formats, and a small dataset in class folders."""
-    model = tiny_classifier(num_classes=196)
-    torch.save(model.backbone.state_dict(), tmp_path / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp_path / "head.pth")
+    model = save_tiny_classifier(tmp_path, num_classes=196)
     data = tmp_path / "data"
     for i, folder in enumerate(["Acura RL Sedan 2012", "acura_tl-sedan 2012", "Not A Car"]):
         for j in range(2):

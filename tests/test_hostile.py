@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 import torch
-from conftest import tiny_classifier, tiny_clip, torchscript_archive, write_image
+from conftest import save_tiny_classifier, tiny_clip, torchscript_archive, write_image
 
 import generate_cam
 import train_classifier
@@ -24,9 +24,7 @@ class WouldRunCode:
 @pytest.fixture
 def world(tmp_path):
     WouldRunCode.marker = tmp_path / "PWNED"
-    model = tiny_classifier(num_classes=196, depth=2)
-    torch.save(model.backbone.state_dict(), tmp_path / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp_path / "head.pth")
+    model = save_tiny_classifier(tmp_path, num_classes=196, depth=2)
     evil = {**model.head.state_dict(), "weight": WouldRunCode()}
     torch.save(evil, tmp_path / "evil_head.pth")
     torch.save({**model.backbone.state_dict(), "cls_token": WouldRunCode()}, tmp_path / "evil_backbone.pth")

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_classifier, write_image
+from conftest import save_tiny_classifier, write_image
 
 import generate_cam
 
@@ -25,9 +24,7 @@ N_IMAGES = 40
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interrupt")
-    model = tiny_classifier(num_classes=196, depth=2)
-    torch.save(model.backbone.state_dict(), tmp / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp / "head.pth")
+    save_tiny_classifier(tmp, num_classes=196, depth=2)
     for i in range(N_IMAGES):
         write_image(tmp / "data" / ["Acura RL Sedan 2012", "x y"][i % 2] / f"{i:03d} é.jpg", size=(50 + i, 40), seed=i)
     reference = tmp / "reference"

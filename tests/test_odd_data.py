@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_classifier, write_image
+from conftest import save_tiny_classifier, write_image
 from PIL import Image
 
 import evaluate
@@ -22,9 +21,7 @@ from finer_cam import io as fio
 
 @pytest.fixture
 def world(tmp_path):
-    model = tiny_classifier(num_classes=196, depth=2)
-    torch.save(model.backbone.state_dict(), tmp_path / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp_path / "head.pth")
+    save_tiny_classifier(tmp_path, num_classes=196, depth=2)
     return tmp_path
 
 

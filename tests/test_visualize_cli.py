@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_classifier, write_image
+from conftest import save_tiny_classifier, write_image
 from PIL import Image
 
 import finer_cam.visualize
@@ -23,9 +22,7 @@ CLASSES = ["Audi S4 Sedan 2012", "Audi S5 Coupe 2012", "BMW M3 Coupe 2012", "For
 def world(tmp_path_factory):
     """A 4-class tiny model, its class list and a dataset of 2 images a class (sizes differ)."""
     tmp = tmp_path_factory.mktemp("vis")
-    model = tiny_classifier(num_classes=4)
-    torch.save(model.backbone.state_dict(), tmp / "backbone.pth")
-    torch.save(model.head.state_dict(), tmp / "head.pth")
+    save_tiny_classifier(tmp, num_classes=4)
     (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
     for i, name in enumerate(CLASSES):
         for j in range(2):
