@@ -19,7 +19,7 @@ RUN_FILE = "run.json"
 INDEX_FILE = "index.jsonl"
 SHARD_INDEX = "index.rank{}.jsonl"  # one per rank of a torchrun run, merged into INDEX_FILE at its end
 # run.json fields that must agree for a rerun to resume into the same folder
-RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "preprocessing",
+RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "concepts", "preprocessing",
                "similarity", "target", "save_size", "aug_smooth")
 
 

@@ -126,6 +126,12 @@ def test_concept_run_layout(tmp_path, clip_file):
     assert evaluate.main(["--cam_dir", str(out), "--out", str(tmp_path / "ev")]) == 2
 
 
+def test_a_rerun_with_another_prompt_is_refused_not_mixed(tmp_path, clip_file, capsys):
+    assert run(tmp_path, clip_file, "--concepts", "red crown", "black wing") == 0
+    assert run(tmp_path, clip_file, "--concepts", "red crown", "black wing", "--prompt", "a bird with {}") == 2
+    assert "different concepts" in capsys.readouterr().err
+
+
 def test_concepts_from_a_file_and_max_size(tmp_path, clip_file):
     (tmp_path / "concepts.txt").write_text("# parts\nred crown\n\nblack wing\n", encoding="utf-8")
     assert run(tmp_path, clip_file, "--concepts_file", str(tmp_path / "concepts.txt"), "--max_size", "100",
