@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "get a concept dimension: [concepts, modes, H, W]")
     k.add_argument("--concepts_file", default=None, help="more concepts, one a line (# comments, blank lines skipped)")
     k.add_argument("--prompt", default=None,
-                   help=f"template each concept (and --compare_with text) is put into; {{}} marks the place "
-                        f"(default: {DEFAULT_PROMPT!r})")
+                   help=f"template each concept (and --compare_with text) is put into; {{}} marks the place. "
+                        f"None means {DEFAULT_PROMPT!r}")
     k.add_argument("--compare_with", nargs="+", default=None, metavar="TEXT",
                    help="references of every concept, most similar first (e.g. \"bird\"); default: the other "
                         "concepts, ranked as classes are")
