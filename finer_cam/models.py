@@ -27,6 +27,9 @@ from .kernels import pack_linears
 
 SIDECAR = "classifier_config.json"
 CLASS_LIST = "class_names.txt"
+BACKBONES = ("dinov2", "clip")
+CLIP_POOLS = ("cls", "mean")  # CLIP's image embedding: OpenAI's class token, or the mean patch token
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Classifier(nn.Module):
@@ -116,10 +119,6 @@ class ClipClassifier(Classifier):
         return F.normalize(x, dim=-1) if self.normalize else x
 
 
-BACKBONES = ("dinov2", "clip")
-CLIP_POOLS = ("cls", "mean")
-
-
 def feature_dim(backbone: nn.Module) -> int:
     """The width of a head's input on this backbone: DINOv2's token width, CLIP's embedding size."""
     return backbone.output_dim if isinstance(backbone, clip.VisionTransformer) else backbone.embed_dim
@@ -153,9 +152,6 @@ def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls"
     if isinstance(backbone, clip.VisionTransformer):
         return ClipClassifier(backbone, head, clip_pool)
     return Classifier(backbone, head)
-
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @contextlib.contextmanager
