@@ -297,22 +297,29 @@ def exif_orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def decode_raw(items: list[dict], preprocess: Preprocess, device: torch.device) -> None:
-    """Decode the items that carry ``raw`` JPEG bytes on ``device`` (nvJPEG on CUDA) and preprocess them
-    there; an item whose bytes do not decode gets its ``error`` instead."""
-    if not any(item.get("raw") is not None for item in items):
+    """Decode the items that carry ``raw`` JPEG bytes on ``device`` (nvJPEG on CUDA), all in one call, and
+    preprocess them there; an item whose bytes do not decode gets its ``error`` instead."""
+    todo = [item for item in items if item.get("raw") is not None]
+    if not todo:
         return  # (torchvision takes a second to import: only when there is something to decode)
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    for item in items:
-        if item.get("raw") is None:
-            continue
-        raw = item.pop("raw")
-        try:
-            pixels = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError as exc:
-            item["error"] = f"not a readable image ({str(exc).splitlines()[0] if str(exc) else 'decode failed'})"
-            continue
-        item["image"] = preprocess.from_pixels(exif_orient(pixels, item.pop("orientation")))
+    raws = [item.pop("raw") for item in todo]
+    try:
+        decoded = decode_jpeg(raws, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one bad file fails the batch: decode one by one to name it
+        decoded = []
+        for raw in raws:
+            try:
+                decoded.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as exc:
+                decoded.append(f"not a readable image ({str(exc).splitlines()[0] if str(exc) else 'decode failed'})")
+    for item, pixels in zip(todo, decoded):
+        orientation = item.pop("orientation")
+        if isinstance(pixels, str):
+            item["error"] = pixels
+        else:
+            item["image"] = preprocess.from_pixels(exif_orient(pixels, orientation))
 
 
 def displayed_size(path: str | Path) -> tuple[int, int] | None:
