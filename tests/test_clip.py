@@ -141,3 +141,20 @@ def test_load_refuses_what_it_cannot_read(tmp_path):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(clip.ClipCheckpointError, match="garbage.pt"):
         clip.load(tmp_path / "garbage.pt", device="cpu")
+
+
+@pytest.mark.parametrize("name, shape, params", [
+    # (embed, resolution, layers, width, patch, text width, text heads, text layers); OpenAI's parameter counts
+    ("ViT-B/32", (512, 224, 12, 768, 32, 512, 8, 12), 151_277_313),
+    ("ViT-B/16", (512, 224, 12, 768, 16, 512, 8, 12), 149_620_737),
+    ("ViT-L/14", (768, 224, 24, 1024, 14, 768, 12, 12), 427_616_513),
+    ("ViT-L/14@336px", (768, 336, 24, 1024, 14, 768, 12, 12), 427_944_193),
+])
+def test_the_released_architectures_are_read_off_their_shapes(name, shape, params):
+    e, r, layers, w, p, tw, th, tl = shape
+    config = clip.ClipConfig(e, r, layers, w, p, 77, 49408, tw, th, tl)
+    with torch.device("meta"):  # shapes only: no memory
+        model = clip.CLIP(config)
+    assert sum(t.numel() for t in model.parameters()) == params
+    assert clip.config_from_state_dict(model.state_dict()) == config
+    assert config.vision_heads == w // 64
