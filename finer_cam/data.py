@@ -134,6 +134,23 @@ class LabelMatcher:
 
 # ------------------------------------------------------------------------------------------------ images
 
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _header(img: Image.Image) -> tuple[tuple[int, int], int]:
+    """An opened image's ``(W, H)`` as displayed and its EXIF orientation (1 when it has none)."""
+    orientation = img.getexif().get(0x0112, 1)
+    return (img.size[::-1] if orientation in TURNED else img.size), orientation
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """The decompression-bomb guard, on the header's size, before anything is decoded."""
+    w, h = size
+    if max_pixels and w * h > max_pixels:
+        raise ImageError(f"{w}x{h} pixels is above the limit of {max_pixels} "
+                         "(--max_pixels; refused as a possible decompression bomb)")
+
+
 def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS,
                reduce_for: Preprocess | None = None) -> Image.Image:
     """Decode any PIL image to RGB as displayed (EXIF rotation applied, first frame, alpha over white).
@@ -144,15 +161,12 @@ def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS,
     """
     try:
         with Image.open(path) as img:
-            if max_pixels and img.width * img.height > max_pixels:
-                raise ImageError(f"{img.width}x{img.height} pixels is above the limit of {max_pixels} "
-                                 "(--max_pixels; refused as a possible decompression bomb)")
+            _check_pixels(img.size, max_pixels)
             img.seek(0)
-            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-            original = img.size[::-1] if turned else img.size
+            original, orientation = _header(img)
             if reduce_for is not None and img.format == "JPEG":
                 w, h = reduce_for.input_size(*original)
-                img.draft("RGB", (h, w) if turned else (w, h))
+                img.draft("RGB", (h, w) if orientation in TURNED else (w, h))
             img.load()
             img = _to_rgb(ImageOps.exif_transpose(img))
             img.info["original_size"] = original
@@ -277,15 +291,12 @@ def _raw_jpeg(path: Path, max_pixels: int | None) -> dict | None:
         with Image.open(path) as img:
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            _check_pixels(img.size, max_pixels)
+            size, orientation = _header(img)
     except (OSError, ValueError, SyntaxError):
         return None  # PIL's path names the problem
-    if max_pixels and w * h > max_pixels:
-        raise ImageError(f"{w}x{h} pixels is above the limit of {max_pixels} "
-                         "(--max_pixels; refused as a possible decompression bomb)")
     data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-    return {"raw": data, "orientation": orientation, "size": (h, w) if orientation in (5, 6, 7, 8) else (w, h)}
+    return {"raw": data, "orientation": orientation, "size": size}
 
 
 def exif_orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -327,11 +338,9 @@ def displayed_size(path: str | Path) -> tuple[int, int] | None:
     the header cannot be read (the image will fail properly when loaded)."""
     try:
         with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            return _header(img)[0]
     except (OSError, ValueError, SyntaxError):
         return None
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def shape_batches(shapes: list[tuple[int, int] | None], batch_size: int) -> list[list[int]]:
