@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
-from finer_cam.data import MAX_PIXELS
-from finer_cam.progress import StopRequest
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_max_pixels_argument, main_guard, setup_logging,
+                           tqdm_bar)
 from finer_cam.evaluate import FILLS, EvaluateConfig, format_table, run_evaluate
+from finer_cam.progress import StopRequest
 
 PROG = "evaluate.py"
 
@@ -41,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--boxes", default=None, metavar="CSV",
                     help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (in path order)")
-    p.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
-                   help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
+    add_max_pixels_argument(p)
     p.add_argument("--batch_size", type=int, default=64, help="images (masked variants) per forward pass")
     p.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

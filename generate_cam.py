@@ -7,12 +7,13 @@ import argparse
 import sys
 
 from finer_cam.cam import METHODS
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
-from finer_cam.progress import StopRequest
-from finer_cam.data import DECODERS, MAX_PIXELS, NORMALIZATIONS
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_backbone_arguments, add_max_pixels_argument, main_guard,
+                           setup_logging, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
-from finer_cam.generate import DEFAULT_HEAD, DEFAULT_MODELS, SAVE_SIZES, GenerateConfig, run_generate
-from finer_cam.models import BACKBONES, CLIP_POOLS, PRECISIONS
+from finer_cam.data import DECODERS, NORMALIZATIONS
+from finer_cam.generate import DEFAULT_HEAD, SAVE_SIZES, GenerateConfig, run_generate
+from finer_cam.models import PRECISIONS
+from finer_cam.progress import StopRequest
 from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
 
 PROG = "generate_cam.py"
@@ -37,24 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true",
                     help="redo every image (and replace a run made with another configuration)")
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", choices=BACKBONES, default="dinov2",
-                   help="dinov2: a DINOv2 ViT; clip: CLIP's image tower (with --classifier_path, a head trained "
-                        "on its embedding; with --concepts, zero-shot concept maps)")
-    m.add_argument("--model_path", default=None,
-                   help="the backbone: an official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth) or "
-                        "an OpenAI CLIP ViT checkpoint (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt, ViT-L-14-336px.pt) "
-                        f"(default: {DEFAULT_MODELS['dinov2']}, or {DEFAULT_MODELS['clip']} with --backbone clip)")
-    m.add_argument("--arch", default="auto",
-                   help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the checkpoint")
+    add_backbone_arguments(m, "dinov2: a DINOv2 ViT; clip: CLIP's image tower (with --classifier_path, a head "
+                              "trained on its embedding; with --concepts, zero-shot concept maps)")
     m.add_argument("--classifier_path", default=None,
                    help=f"linear head: a state dict {{weight [C, D], bias [C]}} (default: {DEFAULT_HEAD}; not "
                         "with --concepts)")
     m.add_argument("--class_names", default=None,
                    help="class names, one a line in the head's order (default: class_names.txt beside the head, "
                         "else the Stanford Cars list shipped with finer_cam)")
-    m.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
-                   help="CLIP's image embedding: cls (OpenAI's, the class token) or mean (the mean patch token "
-                        "after ln_post, as CLIP-ES)")
     k = p.add_argument_group("CLIP concepts (zero-shot, --backbone clip)")
     k.add_argument("--concepts", nargs="+", default=None, metavar="TEXT",
                    help="explain each of these concepts in turn, e.g. \"red crown\" \"black wing\"; the maps "
@@ -103,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced "
                         "size first (faster, maps very close); torchvision: JPEGs decoded on the model's device "
                         "(nvJPEG on CUDA) and resized there with torch")
-    r.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
-                   help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
+    add_max_pixels_argument(r)
     r.add_argument("--verbose", action="store_true", help="more log output")
     return p
 

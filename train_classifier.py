@@ -7,11 +7,11 @@ import argparse
 import math
 import sys
 
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_backbone_arguments, add_max_pixels_argument, main_guard,
+                           setup_logging, tqdm_bar)
+from finer_cam.data import NORMALIZATIONS
+from finer_cam.models import PRECISIONS
 from finer_cam.progress import StopRequest
-from finer_cam.data import MAX_PIXELS, NORMALIZATIONS
-from finer_cam.generate import DEFAULT_MODELS
-from finer_cam.models import BACKBONES, CLIP_POOLS, PRECISIONS
 from finer_cam.train import TrainConfig, run_train
 
 PROG = "train_classifier.py"
@@ -34,17 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--val_fraction", type=float, default=0.2,
                     help="share of each class held out for evaluation when the data has no test/val folder")
     m = p.add_argument_group("backbone")
-    m.add_argument("--backbone", choices=BACKBONES, default="dinov2",
-                   help="dinov2: the head reads the mean of DINOv2's normalised patch tokens; clip: CLIP's image "
-                        "embedding (see --clip_pool)")
-    m.add_argument("--model_path", default=None,
-                   help="an official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth) or an OpenAI CLIP "
-                        f"ViT checkpoint (default: {DEFAULT_MODELS['dinov2']}, or {DEFAULT_MODELS['clip']} with "
-                        "--backbone clip)")
-    m.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
-                   help="CLIP's embedding: cls (OpenAI's) or mean (mean patch token after ln_post)")
-    m.add_argument("--arch", default="auto",
-                   help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the checkpoint")
+    add_backbone_arguments(m, "dinov2: the head reads the mean of DINOv2's normalised patch tokens; clip: CLIP's "
+                              "image embedding (see --clip_pool)")
     m.add_argument("--image_size", type=int, default=None,
                    help="square bicubic resize of every image (default: 224, or the CLIP checkpoint's resolution)")
     m.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=None,
@@ -66,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the backbone's: fp32; tf32 (TF32 matrix products on CUDA); bf16 (autocast)")
-    r.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
+    add_max_pixels_argument(r)
     r.add_argument("--verbose", action="store_true", help="more log output")
     return p
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import EXIT_FAILED_ITEMS, EXIT_OK, main_guard, setup_logging, tqdm_bar
-from finer_cam.data import MAX_PIXELS
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_max_pixels_argument, main_guard, setup_logging,
+                           tqdm_bar)
 from finer_cam.progress import StopRequest
 from finer_cam.visualize import FORMATS, VisualizeConfig, run_visualize
 
@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the colour map in the blend (0: image only)")
     p.add_argument("--format", choices=FORMATS, default="jpg", help="file type of the strips")
     p.add_argument("--limit", type=int, default=None, help="at most this many images (in path order)")
-    p.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
-                   help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
+    add_max_pixels_argument(p)
     p.add_argument("--images", nargs="+", default=None, metavar="PATH",
                    help="only these images: paths relative to the dataset root as in index.jsonl, or glob patterns")
     p.add_argument("--grid", default=None, metavar="FILE",

@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from dinov2 import CheckpointError
 
+from .data import MAX_PIXELS
 from .errors import FinerCamError
+from .models import BACKBONES, CLIP_POOLS, DEFAULT_MODELS
 from .progress import Interrupted, StopRequest
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -26,6 +28,29 @@ class _TqdmHandler(logging.Handler):
 def tqdm_bar(desc: str, total: int, unit: str = "img") -> tqdm:
     """The CLIs' progress bar (a :data:`finer_cam.progress.BarFactory`): rate, count and time left."""
     return tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True)
+
+
+def add_backbone_arguments(group, backbone_help: str) -> None:
+    """``--backbone``, ``--model_path``, ``--arch`` and ``--clip_pool``, as the scripts that load a backbone
+    take them; ``backbone_help`` says what the choice means for that script."""
+    group.add_argument("--backbone", choices=BACKBONES, default="dinov2", help=backbone_help)
+    group.add_argument("--model_path", default=None,
+                       help="the backbone: an official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth) "
+                            "or an OpenAI CLIP ViT checkpoint (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt, "
+                            f"ViT-L-14-336px.pt) (default: {DEFAULT_MODELS['dinov2']}, or {DEFAULT_MODELS['clip']} "
+                            "with --backbone clip)")
+    group.add_argument("--arch", default="auto",
+                       help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the "
+                            "checkpoint")
+    group.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
+                       help="CLIP's image embedding: cls (OpenAI's, the class token) or mean (the mean patch token "
+                            "after ln_post, as CLIP-ES)")
+
+
+def add_max_pixels_argument(group) -> None:
+    """``--max_pixels``, the decompression-bomb guard every script that decodes images takes."""
+    group.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                       help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
 
 
 def setup_logging(verbose: bool = False) -> None:

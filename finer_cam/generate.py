@@ -18,15 +18,13 @@ from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset,
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, map_names
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
                      load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 
 log = logging.getLogger("finer_cam")
 SAVE_SIZES = ("input", "grid", "original")
-DEFAULT_MODELS = {"dinov2": "pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
-                  "clip": "pretrained_models/clip/ViT-B-16.pt"}
 DEFAULT_HEAD = "pretrained_models/classifier/best_classifier.pth"
 
 

@@ -28,6 +28,8 @@ from .kernels import pack_linears
 SIDECAR = "classifier_config.json"
 CLASS_LIST = "class_names.txt"
 BACKBONES = ("dinov2", "clip")
+DEFAULT_MODELS = {"dinov2": "pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
+                  "clip": "pretrained_models/clip/ViT-B-16.pt"}  # where pretrained_models/README.md puts them
 CLIP_POOLS = ("cls", "mean")  # CLIP's image embedding: OpenAI's class token, or the mean patch token
 PRECISIONS = ("fp32", "tf32", "bf16")
 

@@ -27,9 +27,9 @@ from torch.nn import functional as F
 from . import __version__
 from .data import MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
 from .errors import FinerCamError
-from .generate import DEFAULT_MODELS, resolve_device
+from .generate import resolve_device
 from .io import atomic_write_bytes, write_json
-from .models import (BACKBONES, CLASS_LIST, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
+from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
                      feature_dim, frozen, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 
@@ -42,7 +42,7 @@ OUTPUTS = (BEST, LAST, CLASS_LIST, SIDECAR, METRICS, STATE)
 @dataclass
 class TrainConfig:
     data_root: str
-    model_path: str | None  # None: the backbone's default file (generate.DEFAULT_MODELS)
+    model_path: str | None  # None: the backbone's default file (models.DEFAULT_MODELS)
     output_dir: str
     arch: str = "auto"
     backbone: str = "dinov2"
