@@ -200,8 +200,9 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``;
     ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept)."""
     stop = stop or StopRequest()
-    ranks = init_ranks(resolve_device(cfg.device).type)
-    if ranks.world > 1 and resolve_device(cfg.device).type == "cuda":
+    device_type = resolve_device(cfg.device).type
+    ranks = init_ranks(device_type)
+    if ranks.world > 1 and device_type == "cuda":  # one GPU a rank
         cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
     model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(cfg)
     folder = _open_folder(cfg, run_info, ranks)
