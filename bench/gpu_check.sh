@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the core and throughput issues, as one prepared run for a lent GPU (`run` tool):
+# The GPU figures (docs/speed.md) in one run:
 # about 5 minutes on one H100. Prints the card, then images/s against torchcam (whole processes) and the
 # in-process images/s of every decoding path and precision.
 set -euo pipefail
