@@ -25,7 +25,10 @@ from .targets import DEFAULT_MODES, parse_modes
 
 log = logging.getLogger("finer_cam")
 SAVE_SIZES = ("input", "grid", "original")
-DEFAULT_HEAD = "pretrained_models/classifier/best_classifier.pth"
+# the shipped official Stanford Cars head (pretrained_models/README.md), found from any working folder;
+# train_classifier.py writes its heads beside it (pretrained_models/classifier/best_classifier.pth), never over it
+DEFAULT_HEAD = "pretrained_models/classifier/stanford_cars/classifier_cars_DINO.pth"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -143,7 +146,7 @@ def prepare(cfg: GenerateConfig):
     else:
         if cfg.compare_with or cfg.prompt is not None:
             raise FinerCamError("--compare_with and --prompt go with --concepts (a CLIP concept run)")
-        head_path = cfg.classifier_path or DEFAULT_HEAD
+        head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
         class_names, class_file = _resolve_class_names(cfg, head_path)
         sidecar = read_sidecar(head_path)
         model = load_classifier(model_path, head_path, cfg.arch, device, cfg.backbone, cfg.clip_pool)
@@ -236,7 +239,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
             good = [item for item in batch if item["error"] is None]
             for group in _group_by_shape(good):
                 _explain_group(group, cfg, engine, writer, matcher, rel_paths, todo, npy_names, device, summary,
-                               concepts)
+                               concepts, images.root)
             bar.update(len(batch))
             stop.check()
         writer.close()
@@ -283,11 +286,13 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
 
 
 def _explain_group(group, cfg, engine: FinerCAM, writer: MapWriter, matcher, rel_paths, todo, npy_names,
-                   device, summary: Summary, concepts: ConceptSet | None) -> None:
+                   device, summary: Summary, concepts: ConceptSet | None, root: Path) -> None:
     rels = [rel_paths[todo[item["index"]]] for item in group]
     x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
     if concepts is None:
-        labels = [matcher(Path(rel).parent.name) if "/" in rel else None for rel in rels]
+        # an image's class is its own parent folder's name, also when that folder is the dataset root (one
+        # class folder, or a list whose images all sit in one): nothing else in the list changes it
+        labels = [matcher((root / rel).parent.name) for rel in rels]
         label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
         result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
         targets = result.targets.cpu().tolist()
