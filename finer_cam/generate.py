@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dinov2.hub import file_sha256
+
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
@@ -22,6 +24,7 @@ from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR,
                      load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
+from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
 SAVE_SIZES = ("input", "grid", "original")
@@ -63,6 +66,7 @@ class GenerateConfig:
     max_pixels: int | None = MAX_PIXELS
     decode: str = "pil"  # data.DECODERS
     compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
+    offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
 
 
 @dataclass
@@ -115,8 +119,9 @@ def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: st
                             f"({'; '.join(differ)}, per its {SIDECAR})")
 
 
-def prepare(cfg: GenerateConfig):
-    """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work."""
+def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
+    """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
+    (``progress`` shows a download of named weights)."""
     if cfg.save_size not in SAVE_SIZES:
         raise FinerCamError(f"--save_size {cfg.save_size!r}: expected one of {', '.join(SAVE_SIZES)}")
     if cfg.batch_size < 1:
@@ -132,7 +137,7 @@ def prepare(cfg: GenerateConfig):
         raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     if cfg.clip_pool not in CLIP_POOLS:
         raise FinerCamError(f"--clip_pool {cfg.clip_pool!r}: expected one of {', '.join(CLIP_POOLS)}")
-    model_path = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
+    model_path = resolve_weights(cfg.model_path or DEFAULT_MODELS[cfg.backbone], cfg.backbone, cfg.offline, progress)
     concepts, sidecar = None, {}
     if cfg.concepts or cfg.concepts_file:
         if cfg.backbone != "clip":
@@ -154,7 +159,8 @@ def prepare(cfg: GenerateConfig):
             raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
                                 f"lists {len(class_names)}; pass the head's class list with --class_names")
         _check_sidecar_backbone(sidecar, model, head_path, model_path)
-        head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes}
+        head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes,
+                     "sha256": file_sha256(head_path, remember=False)}
     is_clip = isinstance(model, ClipClassifier)
     normalize = cfg.normalize or sidecar.get("normalize") or ("clip" if is_clip else "imagenet")
     if normalize not in NORMALIZATIONS:
@@ -180,7 +186,8 @@ def prepare(cfg: GenerateConfig):
         "modes": [m.to_json() for m in modes],
         "method": cfg.method,
         "target_layer": "visual.transformer.resblocks[-1].ln_1" if is_clip else "blocks[-1].norm1",
-        "backbone": {"path": str(Path(model_path).resolve()), "arch": cfg.arch, **backbone_shape(model.backbone),
+        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path), "arch": cfg.arch,
+                     **backbone_shape(model.backbone),
                      **({"pool": cfg.clip_pool} if is_clip else {})},
         "head": head_info,
         **({"concepts": concepts.to_json()} if concepts else {}),
@@ -207,7 +214,8 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     ranks = init_ranks(device_type)
     if ranks.world > 1 and device_type == "cuda":  # one GPU a rank
         cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
-    model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(cfg)
+    model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(
+        cfg, progress if ranks.is_main else None)
     folder = _open_folder(cfg, run_info, ranks)
     matcher = LabelMatcher(class_names)
     rel_paths = [images.relative(p) for p in images.paths]
