@@ -137,7 +137,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     if cfg.clip_pool not in CLIP_POOLS:
         raise FinerCamError(f"--clip_pool {cfg.clip_pool!r}: expected one of {', '.join(CLIP_POOLS)}")
-    model_path = resolve_weights(cfg.model_path or DEFAULT_MODELS[cfg.backbone], cfg.backbone, cfg.offline, progress)
+    model_spec = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
     concepts, sidecar = None, {}
     if cfg.concepts or cfg.concepts_file:
         if cfg.backbone != "clip":
@@ -146,14 +146,18 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
             raise FinerCamError("--concepts and --classifier_path exclude each other: concepts are classified "
                                 "zero-shot by their text, without a trained head")
         concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
+        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
         class_names, class_file, head_info = concepts.class_names, None, None
     else:
         if cfg.compare_with or cfg.prompt is not None:
             raise FinerCamError("--compare_with and --prompt go with --concepts (a CLIP concept run)")
         head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
+        if not Path(head_path).is_file():  # before any weights are downloaded
+            raise FinerCamError(f"{head_path}: no such file")
         class_names, class_file = _resolve_class_names(cfg, head_path)
         sidecar = read_sidecar(head_path)
+        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_classifier(model_path, head_path, cfg.arch, device, cfg.backbone, cfg.clip_pool)
         if model.num_classes != len(class_names):
             raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
