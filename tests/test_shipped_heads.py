@@ -17,8 +17,7 @@ from torchvision import transforms
 import generate_cam
 from dinov2 import DinoVisionTransformer, ViTConfig
 from finer_cam.data import read_class_names
-from finer_cam.models import Classifier, load_head
-from finer_cam.models import read_sidecar
+from finer_cam.models import Classifier, load_head, read_sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
 CARS_HEAD = ROOT / "pretrained_models" / "classifier" / "stanford_cars" / "classifier_cars_DINO.pth"

@@ -277,3 +277,23 @@ def test_unknown_name_lists_the_names(env):
     with pytest.raises(FinerCamError, match="dinov2_vitb14_reg4"):
         weights.resolve_weights("dinov2_vitx14", "dinov2")
     assert torch.hub.get_dir().startswith(str(env[0]))
+
+
+def test_an_interrupted_download_leaves_nothing_and_a_killed_ones_leftover_is_cleared(env, monkeypatch):
+    tmp_path, server, _ = env
+
+    def interrupt(out, chunk):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(hub, "_write", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            weights.resolve_weights("dinov2_vitb14")
+    assert list(cache(tmp_path).iterdir()) == []
+    killed = cache(tmp_path) / ".dinov2_vitb14_pretrain.pth.x1y2.part"  # as a SIGKILLed download leaves it
+    killed.write_bytes(b"half")
+    os.utime(killed, (1, 1))
+    live = cache(tmp_path) / ".dinov2_vitb14_pretrain.pth.z3w4.part"  # another process's, still being written
+    live.write_bytes(b"growing")
+    path = weights.resolve_weights("dinov2_vitb14")
+    assert sorted(p.name for p in cache(tmp_path).iterdir()) == sorted([path.name, path.name + ".sha256.json", live.name])
