@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The paper's numbers for a generate_cam.py run: relative confidence drop (RD@k), plain drop, deletion and
-insertion AUC, and localisation against ground-truth masks or boxes; per mode, with 95% confidence intervals."""
+insertion AUC, and localisation against ground-truth masks, boxes or part locations; per mode, with 95%
+confidence intervals."""
 
 from __future__ import annotations
 

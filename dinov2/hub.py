@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -135,6 +136,10 @@ def _fetch(url: str, fd: int, tmp: Path, fail: str, progress: BarFactory | None,
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
+                free = shutil.disk_usage(tmp.parent).free
+                if total is not None and total > free:
+                    raise DownloadError(f"{fail}: it takes {total / 2**20:.0f} MiB and {tmp.parent} has "
+                                        f"{free / 2**20:.0f} MiB free; free some space and rerun")
                 bar = progress(what, total or 0, "B") if progress is not None else None
                 while True:
                     chunk = response.read(CHUNK)

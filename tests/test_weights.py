@@ -197,7 +197,13 @@ def unwritable(monkeypatch, tmp_path):
         monkeypatch.setattr(hub.tempfile, "mkstemp", refuse)
 
 
+def little_space(monkeypatch):
+    real = hub.shutil.disk_usage
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+
+
 FAILURES = {
+    "too little space": (lambda s, m, t: little_space(m), "MiB free"),
     "404": (lambda s, m, t: s.mode.__setitem__(DINO_PATH, "404"), "HTTP 404"),
     "500": (lambda s, m, t: s.mode.__setitem__(DINO_PATH, "500"), "HTTP 500"),
     "cut half way": (lambda s, m, t: s.mode.__setitem__(DINO_PATH, "cut"), "connection broke after"),
