@@ -116,9 +116,10 @@ def test_part_level_pointing_game(world, tmp_path):
         rows.append(f"b/{j}.png,beak,-1000,-1000")
     (tmp_path / "parts.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "eval"
-    assert evaluate.main(["--cam_dir", str(world / "cams_input"), "--out", str(out), "--parts", str(tmp_path / "parts.csv"),
-                          "--part_radius", "0.99", "--steps", "0", "--num_workers", "0"]) == 0
-    got = {(r["image"][0], r["mode"]): (r["pointing_parts"], r["energy_parts"]) for r in csv.DictReader(open(out / "per_image.csv"))}
+    assert evaluate.main(["--cam_dir", str(world / "cams_input"), "--out", str(out), "--parts",
+                          str(tmp_path / "parts.csv"), "--part_radius", "0.99", "--steps", "0", "--num_workers", "0"]) == 0
+    got = {(r["image"][0], r["mode"]): (r["pointing_parts"], r["energy_parts"])
+           for r in csv.DictReader(open(out / "per_image.csv"))}
     for mode in ("baseline", "finer", "compare"):
         assert float(got[("a", mode)][0]) == 1.0 and float(got[("a", mode)][1]) == pytest.approx(1.0)
         assert float(got[("b", mode)][0]) == 0.0 and float(got[("b", mode)][1]) == 0.0

@@ -207,9 +207,11 @@ def test_birds525_keeps_train_valid_test_and_refuses_to_overwrite(tmp_path, caps
     (src / "birds.csv").write_text("class id,filepaths,labels,data set,scientific name\n")
     out = tmp_path / "birds525"
     assert prepare_dataset.main(["birds525", "--source", str(src), "--out", str(out)]) == 0
-    assert tree(out) == {f"{s}/{c}/1.jpg" for s in ("train", "valid", "test") for c in ("ABBOTTS BABBLER", "ZEBRA DOVE")}
+    assert tree(out) == {f"{s}/{c}/1.jpg" for s in ("train", "valid", "test")
+                         for c in ("ABBOTTS BABBLER", "ZEBRA DOVE")}
     assert prepare_dataset.main(["birds525", "--source", str(src), "--out", str(out)]) == 2
     assert "--overwrite" in one_line_error(capsys)
-    (src / "train" / "ABBOTTS BABBLER" / "2.jpg").write_bytes((src / "train" / "ABBOTTS BABBLER" / "1.jpg").read_bytes())
+    babbler = src / "train" / "ABBOTTS BABBLER"
+    (babbler / "2.jpg").write_bytes((babbler / "1.jpg").read_bytes())
     assert prepare_dataset.main(["birds525", "--source", str(src), "--out", str(out), "--overwrite"]) == 0
     assert "train/ABBOTTS BABBLER/2.jpg" in tree(out) and nothing_left(tmp_path, tmp_path / "nothing")

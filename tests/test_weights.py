@@ -302,4 +302,5 @@ def test_an_interrupted_download_leaves_nothing_and_a_killed_ones_leftover_is_cl
     live = cache(tmp_path) / ".dinov2_vitb14_pretrain.pth.z3w4.part"  # another process's, still being written
     live.write_bytes(b"growing")
     path = weights.resolve_weights("dinov2_vitb14")
-    assert sorted(p.name for p in cache(tmp_path).iterdir()) == sorted([path.name, path.name + ".sha256.json", live.name])
+    left = sorted(p.name for p in cache(tmp_path).iterdir())
+    assert left == sorted([path.name, path.name + ".sha256.json", live.name])
