@@ -37,7 +37,8 @@ def add_backbone_arguments(group, backbone_help: str) -> None:
     group.add_argument("--backbone", choices=BACKBONES, default="dinov2", help=backbone_help)
     group.add_argument("--model_path", default=None,
                        help="the backbone: a file (an official DINOv2 state dict "
-                            "dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth or an OpenAI CLIP ViT checkpoint) or an official name, downloaded once when not on disk: "
+                            "dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth or an OpenAI CLIP ViT checkpoint) or an official "
+                            "name, downloaded once when not on disk: "
                             "dinov2_vit{s,b,l,g}14[_reg4] (into torch.hub's cache), or ViT-B/32, ViT-B/16, ViT-L/14, "
                             f"ViT-L/14@336px (into ~/.cache/clip) (default: {DEFAULT_MODELS['dinov2']}, or "
                             f"{DEFAULT_MODELS['clip']} with --backbone clip)")
