@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The paper's numbers for a generate_cam.py run: relative confidence drop (RD@k), plain drop, deletion and
-insertion AUC, and localisation against ground-truth masks or boxes; per mode, with 95% confidence intervals."""
+insertion AUC, and localisation against ground-truth masks, boxes or part locations; per mode, with 95%
+confidence intervals."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ground-truth masks: DIR/<image path>.png (the toy layout: 255 part, 128 object; else non-zero)")
     gt.add_argument("--boxes", default=None, metavar="CSV",
                     help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
+    p.add_argument("--parts", default=None, metavar="CSV",
+                   help="part locations for a part-level pointing game: a CSV with columns image,part,x,y in original "
+                        "image pixels (prepare_dataset.py cub writes the visible ones as parts.csv)")
+    p.add_argument("--part_radius", type=float, default=0.1,
+                   help="a part covers the disc of this radius around its location, as a fraction of the image's "
+                        "shorter side")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (in path order)")
     add_max_pixels_argument(p)
     p.add_argument("--batch_size", type=int, default=64, help="images (masked variants) per forward pass")

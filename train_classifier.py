@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_train(cfg, progress=tqdm_bar, stop=stop)
         best = "n/a" if math.isnan(result.best_accuracy) else f"{result.best_accuracy:.4f}"
         print(f"{PROG}: {len(result.class_names)} classes, {result.train_images} training images; best accuracy "
-              f"{best} (epoch {result.best_epoch}); head, class list and sidecar in {result.output_dir}",
-              file=sys.stderr)
+              f"{best} (epoch {result.best_epoch}); head, class list and sidecar in {result.output_dir} (explain "
+              f"with generate_cam.py --classifier_path {result.output_dir / 'best_classifier.pth'})", file=sys.stderr)
         if result.failed:
             print(f"{PROG}: {result.failed} images could not be read and were skipped (listed in metrics.json)",
                   file=sys.stderr)

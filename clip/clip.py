@@ -1,12 +1,16 @@
-"""``clip.load``: OpenAI's checkpoints from a local file, as a plain float32 module, with its preprocessing."""
+"""``clip.load``: OpenAI's checkpoints by name (downloaded once, sha256 checked) or from a local file, as a plain
+float32 module, with its preprocessing."""
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from dinov2.hub import BarFactory, DownloadError, download, file_sha256, offline_requested
 from dinov2.vision_transformer import CheckpointError, is_torchscript, load_state_dict_file
 
 from .model import CLIP, ClipCheckpointError, build_model
@@ -14,6 +18,52 @@ from .model import CLIP, ClipCheckpointError, build_model
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
 ARCHS = ("ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px")  # the released ViTs; any ViT layout loads
+CLIP_URL = "https://openaipublic.azureedge.net/clip/models"
+CLIP_URL_ENV = "FINER_CAM_CLIP_URL"  # a mirror: replaces CLIP_URL, keeping <sha256>/<file>
+# OpenAI's released ViTs: <sha256 of the file>/<file>, as in OpenAI's clip/clip.py (the ResNets are not supported)
+_MODELS = {
+    "ViT-B/32": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+log = logging.getLogger("finer_cam")
+
+
+def available_models() -> list[str]:
+    """The names :func:`load` downloads, as OpenAI's ``clip.available_models()`` (its ViTs)."""
+    return list(_MODELS)
+
+
+def model_url(name: str) -> str:
+    """OpenAI's URL of a released model (``FINER_CAM_CLIP_URL`` replaces the base)."""
+    base = (os.environ.get(CLIP_URL_ENV) or CLIP_URL).rstrip("/")
+    return f"{base}/{_MODELS[name]}"
+
+
+def default_download_root() -> Path:
+    return Path(os.path.expanduser("~/.cache/clip"))
+
+
+def checkpoint(name: str, download_root: str | Path | None = None, offline: bool = False,
+               progress: BarFactory | None = None) -> Path:
+    """The file of the released model ``name`` in ``download_root`` (default ``~/.cache/clip``, OpenAI's), used
+    only when its sha256 is the one OpenAI's URL carries; downloaded (and checked) when missing or different."""
+    if name not in _MODELS:
+        raise ClipCheckpointError(f"{name!r} is not a released CLIP model (one of {', '.join(_MODELS)})")
+    expected, file = _MODELS[name].split("/")
+    dest = Path(download_root) if download_root else default_download_root()
+    dest = dest / file
+    if dest.exists() and not dest.is_file():
+        raise ClipCheckpointError(f"{dest} exists and is not a regular file")
+    if dest.is_file():
+        if file_sha256(dest) == expected:
+            return dest
+        if offline_requested(offline):
+            raise DownloadError(f"{name}: {dest} does not have the sha256 that OpenAI's URL carries ({expected}) "
+                                f"and downloads are off; download {model_url(name)} and put it at {dest}")
+        log.warning("%s: its sha256 is not %s; downloading it again", dest, expected)
+    return download(model_url(name), dest, sha256=expected, offline=offline, progress=progress, what=name)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -66,14 +116,22 @@ def preprocess_for(resolution: int):
 
 def load(name: str | Path, device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
          jit: bool = False, download_root: str | None = None) -> tuple[CLIP, object]:
-    """``(model, preprocess)`` from a local checkpoint file, as OpenAI's ``clip.load``.
+    """``(model, preprocess)`` as OpenAI's ``clip.load``: ``name`` is one of :func:`available_models`
+    (downloaded once into ``download_root``, default ``~/.cache/clip``, its sha256 checked before use) or a
+    checkpoint file. ``FINER_CAM_OFFLINE=1`` forbids the download.
 
-    Weights are never downloaded here: ``name`` is a path (``download_root`` may name the folder it is in).
     The model is float32 on every device (use autocast for lower precision), and ``jit=True`` is refused:
     the archive's TorchScript code is never run, only its tensors are used.
     """
     if jit:
         raise ValueError("jit=True is not supported: the checkpoint is rebuilt as a plain module (jit=False)")
-    path = Path(download_root) / name if download_root and not Path(name).is_file() else Path(name)
+    if str(name) in _MODELS and not Path(name).is_file():
+        path = checkpoint(str(name), download_root)
+    elif Path(name).is_file() or not download_root:
+        path = Path(name)
+    else:
+        path = Path(download_root) / name
+    if not path.is_file():
+        raise ClipCheckpointError(f"{name}: no such file, and not a released model (one of {', '.join(_MODELS)})")
     model = load_model(path, device)
     return model, preprocess_for(model.visual.input_resolution)

@@ -27,7 +27,8 @@ class _TqdmHandler(logging.Handler):
 
 def tqdm_bar(desc: str, total: int, unit: str = "img") -> tqdm:
     """The CLIs' progress bar (a :data:`finer_cam.progress.BarFactory`): rate, count and time left."""
-    return tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True)
+    size = unit == "B"  # a download: total may be unknown (0), counts in kB, MB, ...
+    return tqdm(desc=desc, total=(total or None) if size else total, unit=unit, unit_scale=size, dynamic_ncols=True)
 
 
 def add_backbone_arguments(group, backbone_help: str) -> None:
@@ -35,10 +36,15 @@ def add_backbone_arguments(group, backbone_help: str) -> None:
     take them; ``backbone_help`` says what the choice means for that script."""
     group.add_argument("--backbone", choices=BACKBONES, default="dinov2", help=backbone_help)
     group.add_argument("--model_path", default=None,
-                       help="the backbone: an official DINOv2 state dict (dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth) "
-                            "or an OpenAI CLIP ViT checkpoint (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt, "
-                            f"ViT-L-14-336px.pt) (default: {DEFAULT_MODELS['dinov2']}, or {DEFAULT_MODELS['clip']} "
-                            "with --backbone clip)")
+                       help="the backbone: a file (an official DINOv2 state dict "
+                            "dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth or an OpenAI CLIP ViT checkpoint) or an official "
+                            "name, downloaded once when not on disk: "
+                            "dinov2_vit{s,b,l,g}14[_reg4] (into torch.hub's cache), or ViT-B/32, ViT-B/16, ViT-L/14, "
+                            f"ViT-L/14@336px (into ~/.cache/clip) (default: {DEFAULT_MODELS['dinov2']}, or "
+                            f"{DEFAULT_MODELS['clip']} with --backbone clip)")
+    group.add_argument("--offline", action="store_true",
+                       help="never download weights (also FINER_CAM_OFFLINE=1): a named checkpoint not on disk is an "
+                            "error naming its URL and where to put it")
     group.add_argument("--arch", default="auto",
                        help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the "
                             "checkpoint")

@@ -8,7 +8,9 @@ Per image and mode, from the saved maps and the same classifier and preprocessin
 - deletion and insertion curves (RISE): the target's probability as the most highlighted pixels are
   removed from the image / revealed on the fill, in ``steps`` equal steps, and the area under each;
 - with ground truth (``masks`` or ``boxes``): the share of the map's energy inside the region and whether
-  the map's peak falls in it (pointing game).
+  the map's peak falls in it (pointing game); with ``parts`` (CUB's visible part locations), the same for the
+  discs of radius ``part_radius`` (a fraction of the image's shorter side) around them: a part-level
+  pointing game.
 
 Masked pixels take the fill: 0 after normalisation (the data set mean) or a heavily blurred copy. The masked
 variants of a batch of images, for all modes, all k and all curve steps, go through the model together.
@@ -56,6 +58,8 @@ class EvaluateConfig:
     steps: int = 20
     masks: str | None = None
     boxes: str | None = None
+    parts: str | None = None  # CSV image,part,x,y: visible part locations (prepare_dataset.py cub)
+    part_radius: float = 0.1  # of the image's shorter side
     batch_size: int = 64
     num_workers: int = 2
     device: str = "auto"
@@ -93,7 +97,8 @@ class GroundTruth:
     255 the part in the toy data's encoding, any non-zero pixel otherwise) or a CSV of boxes
     (``image,x1,y1,x2,y2`` in pixels of the original image; several rows of an image are joined)."""
 
-    def __init__(self, masks: str | None, boxes: str | None) -> None:
+    def __init__(self, masks: str | None, boxes: str | None, parts: str | None = None,
+                 part_radius: float = 0.1) -> None:
         self.masks = Path(masks) if masks else None
         if self.masks is not None and not self.masks.is_dir():
             raise FinerCamError(f"--masks {masks}: no such folder")
@@ -105,9 +110,19 @@ class GroundTruth:
             self.regions = ["part", "object"]
         elif boxes:
             self.regions = ["box"]
+        self.parts: dict[str, list[tuple[float, float]]] = _read_parts(Path(parts)) if parts else {}
+        self.part_radius = part_radius
+        if parts:
+            self.regions.append("parts")
 
     def __call__(self, rel: str, size: tuple[int, int]) -> dict[str, np.ndarray] | None:
         """Boolean regions ``[H, W]`` for image ``rel`` of ``size = (W, H)``, or None when it has none."""
+        found = self._regions(rel, size) or {}
+        if rel in self.parts:
+            found["parts"] = part_discs(self.parts[rel], size, self.part_radius * min(size))
+        return found or None
+
+    def _regions(self, rel: str, size: tuple[int, int]) -> dict[str, np.ndarray] | None:
         if self.masks is not None:
             path = self.masks / Path(rel).with_suffix(".png")
             if not path.is_file():
@@ -125,6 +140,31 @@ class GroundTruth:
                 region[max(0, int(y1)):max(0, int(np.ceil(y2))), max(0, int(x1)):max(0, int(np.ceil(x2)))] = True
             return {"box": region}
         return None
+
+
+def part_discs(points: list[tuple[float, float]], size: tuple[int, int], radius: float) -> np.ndarray:
+    """The pixels (``[H, W]`` bool, ``size = (W, H)``) within ``radius`` of any of the ``(x, y)`` points (pixel
+    centres at +0.5)."""
+    ys, xs = np.mgrid[0:size[1], 0:size[0]] + 0.5
+    region = np.zeros((size[1], size[0]), bool)
+    for x, y in points:
+        region |= (xs - x) ** 2 + (ys - y) ** 2 <= radius ** 2
+    return region
+
+
+def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FinerCamError(f"--parts {path}: cannot read ({exc})") from None
+    parts: dict[str, list] = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            parts.setdefault(row["image"], []).append((float(row["x"]), float(row["y"])))
+        except (KeyError, TypeError, ValueError):
+            raise FinerCamError(f"--parts {path}: line {i}: expected columns image,part,x,y with numbers") from None
+    return parts
 
 
 def _read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -242,6 +282,8 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise FinerCamError("--limit must be at least 1")
     if cfg.masks and cfg.boxes:
         raise FinerCamError("--masks and --boxes exclude each other: give one")
+    if not 0 < cfg.part_radius < 1:
+        raise FinerCamError(f"--part_radius {cfg.part_radius}: expected a fraction of the shorter side between 0 and 1")
 
 
 def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
@@ -266,7 +308,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     similarity = run_info.get("similarity", "logit-distance")
     class_sim = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
     preprocess = _preprocess(run_info, model.patch_size)
-    truth = GroundTruth(cfg.masks, cfg.boxes)
+    truth = GroundTruth(cfg.masks, cfg.boxes, cfg.parts, cfg.part_radius)
     root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]
     chosen = chosen[:cfg.limit] if cfg.limit else chosen
@@ -345,7 +387,7 @@ def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, mode
             log.warning("%s: no ground truth for this image; its localisation is left out", entry["image"])
         local = {}
         if regions:
-            fitted = normalize_maps(resize_maps(raw[b], regions[truth.regions[0]].shape))
+            fitted = normalize_maps(resize_maps(raw[b], next(iter(regions.values())).shape))
             for name, region in regions.items():
                 r = torch.from_numpy(region).unsqueeze(0).expand(len(modes), -1, -1)
                 local[f"energy_{name}"] = energy_inside(fitted, r).tolist()
@@ -405,7 +447,8 @@ def _write_outputs(cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, 
         for name, s in metrics.items():
             summary_rows.append({"mode": mode, "metric": name, "mean": s["mean"], "ci95": s["ci95"], "n": s["n"]})
     _write_csv(out / "summary.csv", ["mode", "metric", "mean", "ci95", "n"], summary_rows)
-    settings = {k: getattr(cfg, k) for k in ("cam_dir", "percent", "fill", "steps", "masks", "boxes", "limit")}
+    settings = {k: getattr(cfg, k) for k in ("cam_dir", "percent", "fill", "steps", "masks", "boxes", "parts",
+                                             "part_radius", "limit")}
     write_json(out / "summary.json", {
         "settings": settings, "modes": result.summary, "images": result.images, "failed": result.failed,
         "similarity": run_info.get("similarity"), "method": run_info.get("method"),

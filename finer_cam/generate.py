@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dinov2.hub import file_sha256
+
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
@@ -22,10 +24,14 @@ from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR,
                      load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
+from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
 SAVE_SIZES = ("input", "grid", "original")
-DEFAULT_HEAD = "pretrained_models/classifier/best_classifier.pth"
+# the shipped official Stanford Cars head (pretrained_models/README.md), found from any working folder;
+# train_classifier.py writes its heads beside it (pretrained_models/classifier/best_classifier.pth), never over it
+DEFAULT_HEAD = "pretrained_models/classifier/stanford_cars/classifier_cars_DINO.pth"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -60,6 +66,7 @@ class GenerateConfig:
     max_pixels: int | None = MAX_PIXELS
     decode: str = "pil"  # data.DECODERS
     compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
+    offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
 
 
 @dataclass
@@ -112,8 +119,9 @@ def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: st
                             f"({'; '.join(differ)}, per its {SIDECAR})")
 
 
-def prepare(cfg: GenerateConfig):
-    """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work."""
+def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
+    """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
+    (``progress`` shows a download of named weights)."""
     if cfg.save_size not in SAVE_SIZES:
         raise FinerCamError(f"--save_size {cfg.save_size!r}: expected one of {', '.join(SAVE_SIZES)}")
     if cfg.batch_size < 1:
@@ -129,7 +137,7 @@ def prepare(cfg: GenerateConfig):
         raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     if cfg.clip_pool not in CLIP_POOLS:
         raise FinerCamError(f"--clip_pool {cfg.clip_pool!r}: expected one of {', '.join(CLIP_POOLS)}")
-    model_path = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
+    model_spec = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
     concepts, sidecar = None, {}
     if cfg.concepts or cfg.concepts_file:
         if cfg.backbone != "clip":
@@ -138,20 +146,25 @@ def prepare(cfg: GenerateConfig):
             raise FinerCamError("--concepts and --classifier_path exclude each other: concepts are classified "
                                 "zero-shot by their text, without a trained head")
         concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
+        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
         class_names, class_file, head_info = concepts.class_names, None, None
     else:
         if cfg.compare_with or cfg.prompt is not None:
             raise FinerCamError("--compare_with and --prompt go with --concepts (a CLIP concept run)")
-        head_path = cfg.classifier_path or DEFAULT_HEAD
+        head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
+        if not Path(head_path).is_file():  # before any weights are downloaded
+            raise FinerCamError(f"{head_path}: no such file")
         class_names, class_file = _resolve_class_names(cfg, head_path)
         sidecar = read_sidecar(head_path)
+        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_classifier(model_path, head_path, cfg.arch, device, cfg.backbone, cfg.clip_pool)
         if model.num_classes != len(class_names):
             raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
                                 f"lists {len(class_names)}; pass the head's class list with --class_names")
         _check_sidecar_backbone(sidecar, model, head_path, model_path)
-        head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes}
+        head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes,
+                     "sha256": file_sha256(head_path, remember=False)}
     is_clip = isinstance(model, ClipClassifier)
     normalize = cfg.normalize or sidecar.get("normalize") or ("clip" if is_clip else "imagenet")
     if normalize not in NORMALIZATIONS:
@@ -177,7 +190,8 @@ def prepare(cfg: GenerateConfig):
         "modes": [m.to_json() for m in modes],
         "method": cfg.method,
         "target_layer": "visual.transformer.resblocks[-1].ln_1" if is_clip else "blocks[-1].norm1",
-        "backbone": {"path": str(Path(model_path).resolve()), "arch": cfg.arch, **backbone_shape(model.backbone),
+        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path), "arch": cfg.arch,
+                     **backbone_shape(model.backbone),
                      **({"pool": cfg.clip_pool} if is_clip else {})},
         "head": head_info,
         **({"concepts": concepts.to_json()} if concepts else {}),
@@ -204,7 +218,8 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     ranks = init_ranks(device_type)
     if ranks.world > 1 and device_type == "cuda":  # one GPU a rank
         cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
-    model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(cfg)
+    model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(
+        cfg, progress if ranks.is_main else None)
     folder = _open_folder(cfg, run_info, ranks)
     matcher = LabelMatcher(class_names)
     rel_paths = [images.relative(p) for p in images.paths]
@@ -236,7 +251,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
             good = [item for item in batch if item["error"] is None]
             for group in _group_by_shape(good):
                 _explain_group(group, cfg, engine, writer, matcher, rel_paths, todo, npy_names, device, summary,
-                               concepts)
+                               concepts, images.root)
             bar.update(len(batch))
             stop.check()
         writer.close()
@@ -283,11 +298,13 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
 
 
 def _explain_group(group, cfg, engine: FinerCAM, writer: MapWriter, matcher, rel_paths, todo, npy_names,
-                   device, summary: Summary, concepts: ConceptSet | None) -> None:
+                   device, summary: Summary, concepts: ConceptSet | None, root: Path) -> None:
     rels = [rel_paths[todo[item["index"]]] for item in group]
     x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
     if concepts is None:
-        labels = [matcher(Path(rel).parent.name) if "/" in rel else None for rel in rels]
+        # an image's class is its own parent folder's name, also when that folder is the dataset root (one
+        # class folder, or a list whose images all sit in one): nothing else in the list changes it
+        labels = [matcher((root / rel).parent.name) for rel in rels]
         label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
         result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
         targets = result.targets.cpu().tolist()

@@ -24,12 +24,12 @@ from dinov2.vision_transformer import load_state_dict_file
 
 from .errors import FinerCamError
 from .kernels import pack_linears
+from .weights import resolve_weights
 
 SIDECAR = "classifier_config.json"
 CLASS_LIST = "class_names.txt"
 BACKBONES = ("dinov2", "clip")
-DEFAULT_MODELS = {"dinov2": "pretrained_models/dinov2/dinov2_vitb14_pretrain.pth",
-                  "clip": "pretrained_models/clip/ViT-B-16.pt"}  # where pretrained_models/README.md puts them
+DEFAULT_MODELS = {"dinov2": "dinov2_vitb14", "clip": "ViT-B/16"}  # names: see weights.py
 CLIP_POOLS = ("cls", "mean")  # CLIP's image embedding: OpenAI's class token, or the mean patch token
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -138,7 +138,10 @@ def backbone_shape(backbone: nn.Module) -> dict:
 
 
 def load_backbone(model_path: str | Path, kind: str = "dinov2", arch: str = "auto") -> nn.Module:
-    """A DINOv2 ViT (``arch`` checked or read off the file) or CLIP's image tower, on the CPU."""
+    """A DINOv2 ViT (``arch`` checked or read off the file) or CLIP's image tower, on the CPU; ``model_path``
+    is a file or an official name (:func:`finer_cam.weights.resolve_weights`)."""
+    if kind in BACKBONES:
+        model_path = resolve_weights(model_path, kind)
     try:
         if kind == "dinov2":
             return load_dinov2(str(model_path), arch=arch, map_location="cpu")
@@ -222,6 +225,7 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
                             clip_pool: str = "cls", truncate: bool = False) -> ClipClassifier:
     """CLIP zero-shot: class ``i`` is ``texts[i]``; logits are the cosine similarities of the image and text
     embeddings times CLIP's logit scale. The text embeddings are computed here, once."""
+    model_path = resolve_weights(model_path, "clip")
     try:
         model = clip.load_model(model_path)
         tokens = clip.tokenize(texts, context_length=model.context_length, truncate=truncate)

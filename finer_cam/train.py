@@ -32,6 +32,7 @@ from .io import atomic_write_bytes, write_json
 from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
                      feature_dim, frozen, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
+from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
 BEST, LAST, METRICS, STATE = "best_classifier.pth", "last_classifier.pth", "metrics.json", "train_state.pth"
@@ -63,6 +64,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     max_pixels: int | None = MAX_PIXELS
+    offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -334,7 +336,8 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
-    cfg = replace(cfg, model_path=cfg.model_path or DEFAULT_MODELS[cfg.backbone])
+    model_file = resolve_weights(cfg.model_path or DEFAULT_MODELS[cfg.backbone], cfg.backbone, cfg.offline, progress)
+    cfg = replace(cfg, model_path=str(model_file))
     backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
     num_classes = len(split.class_names)
     model = frozen(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)

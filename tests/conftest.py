@@ -38,6 +38,14 @@ def save_tiny_classifier(folder, **kwargs) -> Classifier:
     return model
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(tmp_path_factory, monkeypatch):
+    """No test reaches beyond 127.0.0.1: weights are never downloaded (tests/test_weights.py serves its own and
+    lifts this), and torch.hub's cache is an empty folder of the test's."""
+    monkeypatch.setenv("FINER_CAM_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
 @pytest.fixture
 def classifier() -> Classifier:
     return tiny_classifier()

@@ -105,3 +105,33 @@ def test_blurred_fill_differs_from_the_mean_fill(world, tmp_path):
 def test_not_a_cam_folder(tmp_path, capsys):
     assert evaluate.main(["--cam_dir", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert "no run.json" in capsys.readouterr().err
+
+
+def test_part_level_pointing_game(world, tmp_path):
+    """Parts (image,part,x,y) cover discs of --part_radius times the shorter side: a disc around the centre that
+    reaches every corner holds the whole map, one far outside the image holds none of it."""
+    rows = ["image,part,x,y"]
+    for j, width in enumerate((40, 50)):
+        rows.append(f"a/{j}.png,crown,{width / 2},15")  # radius 0.99 * 30 reaches the corners (<= 25 px away)
+        rows.append(f"b/{j}.png,beak,-1000,-1000")
+    (tmp_path / "parts.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--cam_dir", str(world / "cams_input"), "--out", str(out), "--parts",
+                          str(tmp_path / "parts.csv"), "--part_radius", "0.99", "--steps", "0", "--num_workers", "0"]) == 0
+    got = {(r["image"][0], r["mode"]): (r["pointing_parts"], r["energy_parts"])
+           for r in csv.DictReader(open(out / "per_image.csv"))}
+    for mode in ("baseline", "finer", "compare"):
+        assert float(got[("a", mode)][0]) == 1.0 and float(got[("a", mode)][1]) == pytest.approx(1.0)
+        assert float(got[("b", mode)][0]) == 0.0 and float(got[("b", mode)][1]) == 0.0
+        assert got[("c", mode)] == ("", "")  # no parts listed: left out
+    assert json.loads((out / "summary.json").read_text())["modes"]["finer"]["pointing_parts"]["n"] == 4
+
+
+def test_part_discs_are_the_pixels_near_a_part():
+    from finer_cam.evaluate import part_discs
+
+    region = part_discs([(2.0, 1.0), (9.5, 5.5)], (10, 7), 1.5)
+    want = np.array([[(x + 0.5 - px) ** 2 + (y + 0.5 - py) ** 2 <= 2.25 for x in range(10)] for y in range(7)
+                     for px, py in [(2.0, 1.0)]]) | np.array([[(x + 0.5 - 9.5) ** 2 + (y + 0.5 - 5.5) ** 2 <= 2.25
+                                                               for x in range(10)] for y in range(7)])
+    assert region.shape == (7, 10) and (region == want).all() and region.sum() > 4

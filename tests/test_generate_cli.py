@@ -15,7 +15,7 @@ import generate_cam
 from finer_cam.data import class_key, read_class_names
 from finer_cam.models import load_head
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHIPPED = Path(__file__).resolve().parents[1] / "pretrained_models" / "classifier"
 CARS = read_class_names(Path(__file__).resolve().parents[1] / "finer_cam" / "resources" / "stanford_cars_classes.txt")
 
 
@@ -205,10 +205,11 @@ class _nullcontext:
 
 
 def test_official_heads_load_on_cpu_with_the_shipped_class_lists():
-    cars = load_head(FIXTURES / "classifier_cars_DINO.pth")
-    birds = load_head(FIXTURES / "classifier_birds_DINO.pth")
+    cars = load_head(SHIPPED / "stanford_cars" / "classifier_cars_DINO.pth")
+    birds = load_head(SHIPPED / "birds525" / "classifier_birds_DINO.pth")
     assert (cars.out_features, cars.in_features) == (196, 768) == (len(CARS), 768)
-    assert birds.out_features == len(read_class_names(FIXTURES / "birds525_classes.txt")) == 525
+    assert read_class_names(SHIPPED / "stanford_cars" / "class_names.txt") == CARS
+    assert birds.out_features == len(read_class_names(SHIPPED / "birds525" / "class_names.txt")) == 525
     assert cars.weight.device.type == "cpu" and torch.isfinite(cars.weight).all()
 
 

@@ -1,0 +1,51 @@
+"""``--model_path``: a checkpoint file, or an official name fetched once (see pretrained_models/README.md).
+
+A name is looked for first where the official Finer-CAM README puts the file (``pretrained_models/dinov2/``,
+``pretrained_models/clip/``), then in the cache its own library uses (``torch.hub.get_dir()/checkpoints`` for
+DINOv2, ``~/.cache/clip`` for CLIP), and downloaded there when it is in neither (unless offline). A path that
+is not a name is only ever read: nothing is downloaded over it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import clip
+from dinov2 import CheckpointError, hub
+
+from .errors import FinerCamError
+from .progress import BarFactory
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+LOCAL = {"dinov2": REPOSITORY / "pretrained_models" / "dinov2", "clip": REPOSITORY / "pretrained_models" / "clip"}
+
+
+def checkpoint_names(kind: str) -> tuple[str, ...]:
+    """The names ``--model_path`` takes for a backbone kind."""
+    return hub.NAMES if kind == "dinov2" else tuple(clip.available_models())
+
+
+def resolve_weights(spec: str | Path, kind: str = "dinov2", offline: bool = False,
+                    progress: BarFactory | None = None) -> Path:
+    """The checkpoint file that ``spec`` (a path or an official name) stands for, downloading a named one that
+    is not on disk yet (``offline`` or ``FINER_CAM_OFFLINE=1`` forbid it; ``progress`` shows the bytes)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec)
+    try:
+        if kind == "dinov2" and name in hub.NAMES:
+            local = LOCAL[kind] / hub.file_name(name)
+            return local if local.is_file() else hub.dinov2_checkpoint(name, offline, progress)
+        if kind == "clip" and name in clip.available_models():
+            local = LOCAL[kind] / clip.model_url(name).rsplit("/", 1)[1]
+            if local.is_file():
+                return local
+            return clip.checkpoint(name, offline=offline, progress=progress)
+    except (CheckpointError, clip.ClipCheckpointError) as exc:
+        raise FinerCamError(str(exc)) from None
+    if path.exists():
+        raise FinerCamError(f"--model_path {spec}: not a regular file")
+    names = checkpoint_names(kind) if kind in LOCAL else ()
+    raise FinerCamError(f"--model_path {spec}: no such file, and not a {kind} checkpoint name "
+                        f"({', '.join(names)})")
