@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from finer_cam.cam import METHODS
-from finer_cam.cli import (HelpFormatter, EXIT_FAILED_ITEMS, EXIT_OK, add_backbone_arguments, add_max_pixels_argument, main_guard,
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
+                           add_backbone_arguments, add_max_pixels_argument, main_guard,
                            setup_logging, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.data import DECODERS, NORMALIZATIONS

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import (HelpFormatter, EXIT_FAILED_ITEMS, EXIT_OK, add_max_pixels_argument, main_guard, setup_logging,
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
+                           add_max_pixels_argument, main_guard, setup_logging,
                            tqdm_bar)
 from finer_cam.progress import StopRequest
 from finer_cam.visualize import FORMATS, VisualizeConfig, run_visualize

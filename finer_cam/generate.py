@@ -18,8 +18,8 @@ from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, Ima
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, check_folder, map_names
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, ClipClassifier, arch_name, backbone_shape,
-                     load_classifier, load_concept_classifier, read_sidecar)
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, ClipClassifier, arch_name,
+                     backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 
@@ -211,6 +211,7 @@ def prepare(cfg: GenerateConfig):
         "aug_smooth": cfg.aug_smooth,
         "precision": cfg.precision,
         "decode": cfg.decode,
+        "compile": cfg.compile,
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }

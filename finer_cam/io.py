@@ -29,7 +29,7 @@ INDEX_FILE = "index.jsonl"
 SHARD_INDEX = "index.rank{}.jsonl"  # one per rank of a torchrun run, merged into INDEX_FILE at its end
 # run.json fields that must agree for a rerun to resume into the same folder
 RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "concepts", "preprocessing",
-               "similarity", "target", "save_size", "aug_smooth", "precision", "decode")
+               "similarity", "target", "save_size", "aug_smooth", "precision", "decode", "compile")
 # in every output folder of the project: the lock of the run writing there, and the sign that the folder is
 # an output (image walks skip folders that hold it, so outputs inside a data set are never read as images)
 OUTPUT_MARKER = ".finer_cam.lock"
@@ -301,7 +301,8 @@ def read_run(cam_dir: str | Path, flag: str = "--cam_dir") -> tuple[dict, dict[s
     try:
         run_info = json.loads(read_text(run_path, str(run_path)))
     except (ValueError, RecursionError) as exc:
-        raise FinerCamError(f"{run_path}: unreadable ({str(exc).splitlines()[0] if str(exc) else 'not JSON'})") from None
+        why = str(exc).splitlines()[0] if str(exc) else "not JSON"
+        raise FinerCamError(f"{run_path}: unreadable ({why})") from None
     if not isinstance(run_info, dict) or not isinstance(run_info.get("modes"), list) or \
             not isinstance(run_info.get("class_names"), list) or \
             not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in run_info["modes"]) or \

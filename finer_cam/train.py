@@ -366,7 +366,7 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, prog
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
     backbone_info = _backbone_info(cfg, model)
-    settings = _settings(cfg, preprocess)
+    settings = _settings(cfg)
     model_file = Path(cfg.model_path)
     setup = {"backbone": {**backbone_info, "file": _file_id(model_file)},
              "preprocessing": preprocess.to_json(), "precision": cfg.precision}
@@ -468,11 +468,11 @@ def _augmented_batches(model, items, preprocess, cfg, device, failures, generato
             yield feats, labels[indices]
 
 
-def _settings(cfg: TrainConfig, preprocess: Preprocess) -> dict:
-    """Everything besides the data and the backbone that changes the trained head: a resume must match it."""
-    return {"preprocessing": {**preprocess.to_json(), "normalize": cfg.normalize},
-            **{k: getattr(cfg, k) for k in ("precision", "epochs", "lr", "weight_decay", "batch_size", "seed",
-                                             "augment", "val_fraction")}}
+def _settings(cfg: TrainConfig) -> dict:
+    """Everything besides the data and the backbone that changes the trained head (the preprocessing follows
+    from the size and the normalisation): a resume must match it."""
+    return {k: getattr(cfg, k) for k in ("image_size", "normalize", "precision", "epochs", "lr", "weight_decay",
+                                         "batch_size", "seed", "augment", "val_fraction")}
 
 
 def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict,

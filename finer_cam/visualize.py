@@ -18,8 +18,8 @@ from PIL import Image
 
 from .data import MAX_PIXELS, ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
-from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, inside, map_lead_shape, read_map_file,
-                 read_run, remove_stale_temporaries)
+from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, inside, map_lead_shape,
+                 read_map_file, read_run, remove_stale_temporaries)
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, StopRequest, open_bar
 
@@ -271,8 +271,9 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
     try:
         map_rel = entry.get("map", Path(rel).with_suffix(".npy").as_posix())
         image_path = inside(root, rel, "index.jsonl: image")  # read_index let only relative paths in
-        maps = read_map_file(inside(cfg.cam_dir, map_rel, "index.jsonl: map"), lead)
+        map_path = inside(cfg.cam_dir, map_rel, "index.jsonl: map")
         image = np.asarray(load_image(image_path, cfg.max_pixels))
+        maps = read_map_file(map_path, lead)
         if run_info.get("concepts"):
             strip, rows = make_concept_strips(image, maps, entry, run_info, lut, cfg.alpha, cfg.size)
             _write_strip(strip, map_rel, cfg)
