@@ -103,6 +103,9 @@ def find_images(source: str | Path) -> ImageList:
             except (OSError, ValueError, RuntimeError) as exc:
                 raise FinerCamError(f"--dataset_path {source}: line {number}: not a usable path "
                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            if p.is_dir():
+                raise FinerCamError(f"--dataset_path {source}: line {number}: {line!r} is a folder; a list file "
+                                    "names image files (give the folder itself as --dataset_path)")
             if p not in seen:
                 seen.add(p)
                 paths.append(p)

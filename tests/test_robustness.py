@@ -273,6 +273,13 @@ def test_a_byte_order_mark_is_not_part_of_a_list_file_a_class_list_or_a_boxes_cs
     assert _read_boxes(world / "boxes.csv") == {"red/0.png": [(1.0, 2.0, 3.0, 4.0)]}
 
 
+@pytest.mark.parametrize("line", ["/", "data", "data/red/.."])
+def test_a_list_file_naming_a_folder_is_one_line(world, line):
+    (world / "list.txt").write_text(f"data/red/0.png\n{line}\n", encoding="utf-8")
+    with pytest.raises(fio.FinerCamError, match="line 2: .* is a folder"):
+        find_images(world / "list.txt")
+
+
 # ------------------------------------------------------------------------------------- flags
 
 @pytest.mark.parametrize("script, flags, words", [
