@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_max_pixels_argument, main_guard, setup_logging,
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
+                           add_max_pixels_argument, main_guard, setup_logging,
                            tqdm_bar)
 from finer_cam.evaluate import FILLS, EvaluateConfig, format_table, run_evaluate
 from finer_cam.progress import StopRequest
@@ -18,9 +19,9 @@ PROG = "evaluate.py"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, description=__doc__, formatter_class=HelpFormatter,
         epilog="RD@k = (p_c - p*_c) - (p_d - p*_d): softmax probabilities of the target c and its most similar "
-               "class d (rank 1 of the run's similarity ranking) before and after masking the top k%% of the "
+               "class d (rank 1 of the run's similarity ranking) before and after masking the top k% of the "
                "map's pixels at the network input. Writes summary.md/.csv/.json, per_image.csv, curves.png and "
                "rd_bars.png into --out.")
     p.add_argument("--cam_dir", "--cams_path", dest="cam_dir", required=True,
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="steps of the deletion/insertion curves (0: no curves)")
     gt = p.add_mutually_exclusive_group()
     gt.add_argument("--masks", default=None, metavar="DIR",
-                    help="ground-truth masks: DIR/<image path>.png (the toy layout: 255 part, 128 object; else non-zero)")
+                    help="ground-truth masks: DIR/<image path, its extension replaced by .png> (a.jpg and a.png "
+                         "share one mask; the toy layout: 255 part, 128 object; else non-zero)")
     gt.add_argument("--boxes", default=None, metavar="CSV",
                     help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
     p.add_argument("--parts", default=None, metavar="CSV",

@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from finer_cam.cam import METHODS
-from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_backbone_arguments, add_max_pixels_argument, main_guard,
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
+                           add_backbone_arguments, add_max_pixels_argument, main_guard,
                            setup_logging, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.data import DECODERS, NORMALIZATIONS
@@ -21,7 +22,7 @@ PROG = "generate_cam.py"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, description=__doc__, formatter_class=HelpFormatter,
         epilog="A mode is NAME:ALPHA[:RANKS[:softmax]]: the map of y_target - ALPHA * mean(y_r for r in RANKS), "
                "RANKS being 1-based positions in the similarity ranking of the other classes (1 = most similar). "
                "':softmax' weights each reference by its probability, as pytorch-grad-cam's FinerWeightedTarget. "
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "get a concept dimension: [concepts, modes, H, W]")
     k.add_argument("--concepts_file", default=None, help="more concepts, one a line (# comments, blank lines skipped)")
     k.add_argument("--prompt", default=None,
-                   help=f"template each concept (and --compare_with text) is put into; {{}} marks the place. "
-                        f"None means {DEFAULT_PROMPT!r}")
+                   help=f"template each concept (and --compare_with text) is put into; {{}} marks the place "
+                        f"(default: {DEFAULT_PROMPT!r})")
     k.add_argument("--compare_with", nargs="+", default=None, metavar="TEXT",
                    help="references of every concept, most similar first (e.g. \"bird\"); default: the other "
                         "concepts, ranked as classes are")
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a minute, once per input shape)")
     r.add_argument("--decode", choices=DECODERS, default="pil",
                    help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced "
-                        "size first (faster, maps very close); torchvision: JPEGs decoded on the model's device "
+                        "size first (faster; the pixels change: most maps stay close, but a few contrastive ones "
+                        "do not, so check on your data); torchvision: JPEGs decoded on the model's device "
                         "(nvJPEG on CUDA) and resized there with torch")
     add_max_pixels_argument(r)
     r.add_argument("--verbose", action="store_true", help="more log output")

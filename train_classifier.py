@@ -7,7 +7,8 @@ import argparse
 import math
 import sys
 
-from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_backbone_arguments, add_max_pixels_argument, main_guard,
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
+                           add_backbone_arguments, add_max_pixels_argument, main_guard,
                            setup_logging, tqdm_bar)
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.models import PRECISIONS
@@ -19,7 +20,7 @@ PROG = "train_classifier.py"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, description=__doc__, formatter_class=HelpFormatter,
         epilog="Layouts: ROOT/train with ROOT/test (Stanford Cars), ROOT/val or ROOT/valid beside it; otherwise "
                "ROOT (or ROOT/train alone) holds one folder per class and a seeded --val_fraction of each class "
                "is held out. Writes best_classifier.pth and last_classifier.pth (state dicts {weight, bias}), "
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output_dir", "--output-dir", dest="output_dir", default="pretrained_models/classifier/",
                     help="where the head, its class list and its sidecar go")
     io.add_argument("--overwrite", action="store_true", help="replace the files of an earlier training in --output_dir")
-    io.add_argument("--resume", action="store_true", help="continue the training saved in --output_dir up to --epochs")
+    io.add_argument("--resume", action="store_true",
+                    help="continue the training saved in --output_dir; every setting that changes the head (size, "
+                         "normalisation, precision, epochs, lr, ...) must be as before")
     io.add_argument("--val_fraction", type=float, default=0.2,
                     help="share of each class held out for evaluation when the data has no test/val folder")
     m = p.add_argument_group("backbone")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_max_pixels_argument, main_guard, setup_logging,
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
+                           add_max_pixels_argument, main_guard, setup_logging,
                            tqdm_bar)
 from finer_cam.progress import StopRequest
 from finer_cam.visualize import FORMATS, VisualizeConfig, run_visualize
@@ -16,7 +17,7 @@ PROG = "visualize.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--cam_dir", "--cams_path", dest="cam_dir", required=True,
                    help="a generate_cam.py output folder (run.json, index.jsonl, the .npy maps)")
     p.add_argument("--save_dir", "--save_path", dest="save_dir", required=True,

@@ -59,13 +59,19 @@ def cam_from_gradients(method: str, activations: torch.Tensor, grads: torch.Tens
     raise FinerCamError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
 
 
+FLAT = 1e-5  # a map whose range is below this share of its magnitude is constant up to float rounding
+
+
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map to [0, 1] over its last two dims; a constant map becomes all zeros."""
+    """Min-max normalise each map to [0, 1] over its last two dims; a map that is constant up to float
+    rounding (e.g. one patch upsampled: range below ``FLAT`` times its largest magnitude) becomes all zeros."""
     flat = maps.flatten(-2)
     lo = flat.min(dim=-1, keepdim=True).values
+    top = flat.max(dim=-1, keepdim=True).values
     flat = flat - lo
-    hi = flat.max(dim=-1, keepdim=True).values
-    return (flat / (hi + _EPS)).view_as(maps)
+    hi = top - lo
+    constant = hi <= FLAT * torch.maximum(lo.abs(), top.abs())
+    return torch.where(constant, torch.zeros_like(flat), flat / (hi + _EPS)).view_as(maps)
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

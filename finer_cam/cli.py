@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -25,6 +26,17 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in the help, once: not added where the help already says its default, nor for a
+    default of None (the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 def tqdm_bar(desc: str, total: int, unit: str = "img") -> tqdm:
     """The CLIs' progress bar (a :data:`finer_cam.progress.BarFactory`): rate, count and time left."""
     size = unit == "B"  # a download: total may be unknown (0), counts in kB, MB, ...
@@ -46,8 +58,9 @@ def add_backbone_arguments(group, backbone_help: str) -> None:
                        help="never download weights (also FINER_CAM_OFFLINE=1): a named checkpoint not on disk is an "
                             "error naming its URL and where to put it")
     group.add_argument("--arch", default="auto",
-                       help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), or auto to read it off the "
-                            "checkpoint")
+                       help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), vit_toy (the toy world's), or "
+                            "auto to read it off the checkpoint; a run made with auto resumes with the name it "
+                            "resolved to, and the other way round")
     group.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
                        help="CLIP's image embedding: cls (OpenAI's, the class token) or mean (the mean patch token "
                             "after ln_post, as CLIP-ES)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FinerCamError
+from .io import read_text
 
 DEFAULT_PROMPT = "a photo of a {}."
 SLOT = "{}"
@@ -23,12 +24,7 @@ def fill(prompt: str, text: str) -> str:
 
 def read_concepts_file(path: str | Path) -> list[str]:
     """One concept a line; blank lines and lines starting with ``#`` are skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise FinerCamError(f"--concepts_file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FinerCamError(f"--concepts_file {path}: unreadable ({exc})") from None
+    lines = read_text(path, f"--concepts_file {path}").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 

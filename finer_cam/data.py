@@ -9,13 +9,17 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import FinerCamError
+from .io import OUTPUT_MARKER, is_special, read_text
 
+log = logging.getLogger("finer_cam")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -33,6 +37,9 @@ class ImageError(Exception):
     """One image that cannot be used; the run goes on without it."""
 
 
+SPECIAL = "not a regular file (a FIFO, device or socket); skipped unread"
+
+
 # ---------------------------------------------------------------------------------------------- finding images
 
 @dataclass(frozen=True)
@@ -47,20 +54,31 @@ class ImageList:
 
 
 def walk_images(root: Path) -> list[Path]:
-    """Every image file under ``root``, recursively, in sorted order (symlinked folders not followed: no loops)."""
+    """Every image file under ``root``, recursively, in sorted order (symlinked folders not followed: no loops).
+
+    Output folders of the project (those holding ``OUTPUT_MARKER``, e.g. strips written inside the data
+    set) are left out, with a warning.
+    """
     paths = []
     for folder, dirs, files in os.walk(root):
+        if OUTPUT_MARKER in files:
+            log.warning("%s: an output folder of finer_cam inside the data set; its files are not read as images",
+                        folder)
+            dirs.clear()
+            continue
         dirs.sort()
         paths.extend(Path(folder) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
     return paths
 
 
 def find_images(source: str | Path) -> ImageList:
-    """A folder (searched recursively, sorted) or a text file of image paths, one a line.
+    """A folder (searched recursively, sorted), one image (by its extension), or a text file of image paths,
+    one a line.
 
-    In a list file, blank lines and lines starting with ``#`` are skipped, duplicates are kept once, and
-    relative paths are taken relative to the list file's folder. The root of a list is the deepest folder
-    common to all its images.
+    In a list file (UTF-8, with or without a byte-order mark), blank lines and lines starting with ``#`` are
+    skipped, duplicates are kept once, and relative paths are taken relative to the list file's folder. The
+    root of a list is the deepest folder common to all its images, so that every output stays inside the
+    output folder.
     """
     source = Path(source)
     if source.is_dir():
@@ -69,18 +87,25 @@ def find_images(source: str | Path) -> ImageList:
         if not paths:
             raise FinerCamError(f"--dataset_path {source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return ImageList(root, paths)
-    if source.is_file():
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FinerCamError(f"--dataset_path {source}: cannot read the list file ({exc})") from None
+    if source.suffix.lower() in IMAGE_EXTENSIONS and source.exists():  # one image: its folder is the root
+        path = source.resolve()
+        return ImageList(path.parent, [path])
+    if source.exists():
+        lines = read_text(source, f"--dataset_path {source}: the list file").splitlines()
         seen, paths = set(), []
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            p = Path(line)
-            p = (p if p.is_absolute() else source.parent / p).resolve()
+            try:
+                p = Path(line)
+                p = (p if p.is_absolute() else source.parent / p).resolve()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise FinerCamError(f"--dataset_path {source}: line {number}: not a usable path "
+                                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            if p.is_dir():
+                raise FinerCamError(f"--dataset_path {source}: line {number}: {line!r} is a folder; a list file "
+                                    "names image files (give the folder itself as --dataset_path)")
             if p not in seen:
                 seen.add(p)
                 paths.append(p)
@@ -94,11 +119,9 @@ def find_images(source: str | Path) -> ImageList:
 # ----------------------------------------------------------------------------------------------- class names
 
 def read_class_names(path: str | Path) -> list[str]:
-    """One class name a line, in the head's output order (blank lines at the end ignored)."""
-    try:
-        names = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FinerCamError(f"--class_names {path}: cannot read ({exc})") from None
+    """One class name a line, in the head's output order (blank lines at the end ignored; UTF-8, with or
+    without a byte-order mark)."""
+    names = read_text(path, f"--class_names {path}").splitlines()
     while names and not names[-1].strip():
         names.pop()
     names = [n.strip() for n in names]
@@ -159,6 +182,8 @@ def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS,
     is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers that preprocessing's input
     size (PIL's ``Image.draft``); ``info["original_size"]`` keeps the full displayed size. Raises ImageError.
     """
+    if is_special(path):
+        raise ImageError(SPECIAL)
     try:
         with Image.open(path) as img:
             _check_pixels(img.size, max_pixels)
@@ -287,6 +312,8 @@ class ImageDataset(torch.utils.data.Dataset):
 def _raw_jpeg(path: Path, max_pixels: int | None) -> dict | None:
     """The bytes, displayed size and EXIF orientation of a baseline RGB or grey JPEG (None for anything else,
     which PIL decodes); the pixel limit is checked on the header."""
+    if is_special(path):
+        return None  # load_image names it
     try:
         with Image.open(path) as img:
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
@@ -336,6 +363,8 @@ def decode_raw(items: list[dict], preprocess: Preprocess, device: torch.device) 
 def displayed_size(path: str | Path) -> tuple[int, int] | None:
     """``(W, H)`` of an image as displayed (EXIF rotation applied), read from its header alone; None when
     the header cannot be read (the image will fail properly when loaded)."""
+    if is_special(path):
+        return None
     try:
         with Image.open(path) as img:
             return _header(img)[0]

@@ -32,8 +32,9 @@ from .cam import normalize_maps, resize_maps
 from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from .distributed import init_ranks, shutdown
 from .errors import FinerCamError
-from .generate import resolve_device
-from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
+from .generate import check_runtime, resolve_device
+from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, read_map_file, read_run,
+                 read_text, safe_relative, write_json)
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                       relative_drop, top_percent_mask)
 from .models import load_classifier
@@ -168,18 +169,26 @@ def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def _read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """The boxes CSV (UTF-8, with or without a byte-order mark): image path (relative, as in index.jsonl)
+    -> its boxes."""
+    text = read_text(path, f"--boxes {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FinerCamError(f"--boxes {path}: cannot read ({exc})") from None
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise FinerCamError(f"--boxes {path}: not a CSV file ({exc})") from None
     boxes: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:
             box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-            boxes.setdefault(row["image"], []).append(box)
+            image = row["image"]
         except (KeyError, TypeError, ValueError):
             raise FinerCamError(f"--boxes {path}: line {i}: expected columns image,x1,y1,x2,y2 with numbers") from None
+        if not all(np.isfinite(box)):
+            raise FinerCamError(f"--boxes {path}: line {i}: a coordinate is not a finite number")
+        if safe_relative(image) is None:
+            raise FinerCamError(f"--boxes {path}: line {i}: image {image!r} is not a path relative to the data "
+                                "set's root (as index.jsonl names it)")
+        boxes.setdefault(image, []).append(box)
     return boxes
 
 
@@ -274,6 +283,10 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise FinerCamError(f"--fill {cfg.fill!r}: expected one of {', '.join(FILLS)}")
     if not cfg.percent or any(not 0 < p < 100 for p in cfg.percent):
         raise FinerCamError(f"--percent {cfg.percent}: each must be between 0 and 100 (exclusive)")
+    if len({_pct(p) for p in cfg.percent}) != len(cfg.percent):
+        raise FinerCamError(f"--percent {' '.join(map(_pct, cfg.percent))}: a percentage is given twice")
+    check_runtime(cfg.num_workers, cfg.max_pixels)
+    check_folder(cfg.out, "--out")
     if cfg.steps < 0:
         raise FinerCamError("--steps must be 0 (no curves) or more")
     if cfg.batch_size < 1:
@@ -413,15 +426,17 @@ def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, mode
 
 def format_table(result: EvaluateResult) -> str:
     """The summary as a Markdown table: one row per mode, ``mean ± ci95`` per metric, and the count."""
-    header = ["mode", *result.metrics, "images"]
+    header = ["mode", *result.metrics, "images"]  # a metric measured on fewer images says on how many
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
     for mode, metrics in result.summary.items():
         cells = [mode]
+        most = max((metrics[n]["n"] for n in result.metrics), default=0)
         for name in result.metrics:
             s = metrics[name]
-            cells.append("n/a" if s["n"] == 0 else f"{s['mean']:.3f} ± {s['ci95']:.3f}" if np.isfinite(s["ci95"])
-                         else f"{s['mean']:.3f}")
-        cells.append(str(max((metrics[n]["n"] for n in result.metrics), default=0)))
+            cell = ("n/a" if s["n"] == 0 else f"{s['mean']:.3f} ± {s['ci95']:.3f}" if np.isfinite(s["ci95"])
+                    else f"{s['mean']:.3f}")
+            cells.append(cell + (f" (n={s['n']})" if 0 < s["n"] < most else ""))
+        cells.append(str(most))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -440,6 +455,15 @@ def _write_outputs(cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FinerCamError(f"--out {cfg.out}: cannot create the folder ({exc.strerror})") from None
+    lock = FolderLock(out, "--out")  # also marks the figures as outputs, never read as images
+    try:
+        _write_tables(out, cfg, run_info, result, curves, modes)
+    finally:
+        lock.release()
+
+
+def _write_tables(out: Path, cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves,
+                  modes: list[str]) -> None:
     base = ["image", "mode", "target", "reference", "p_target", "p_reference"]
     _write_csv(out / "per_image.csv", base + result.metrics, result.rows)
     summary_rows = []

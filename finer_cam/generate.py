@@ -15,13 +15,13 @@ from dinov2.hub import file_sha256
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
-from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
+from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
                    decode_raw, displayed_size, find_images, make_loader, read_class_names, shape_batches)
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
-from .io import MapWriter, RunFolder, map_names
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, ClipClassifier, backbone_shape, load_classifier,
-                     load_concept_classifier, read_sidecar)
+from .io import MapWriter, RunFolder, check_folder, is_special, map_names
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, ClipClassifier, arch_name,
+                     backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 from .weights import resolve_weights
@@ -105,6 +105,14 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
     return read_class_names(path), str(path)
 
 
+def check_runtime(num_workers: int, max_pixels: int | None) -> None:
+    """``--num_workers`` and ``--max_pixels``, as every script that decodes images takes them."""
+    if num_workers < 0:
+        raise FinerCamError(f"--num_workers {num_workers}: expected 0 (decode in the main process) or more")
+    if max_pixels is not None and max_pixels < 0:
+        raise FinerCamError(f"--max_pixels {max_pixels}: expected a number of pixels, or 0 for no limit")
+
+
 def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: str) -> None:
     """A head trained on another backbone of the same width would load but explain nonsense: refuse it."""
     trained = sidecar.get("backbone")
@@ -131,6 +139,10 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
     for flag, value in (("--image_size", cfg.image_size), ("--max_size", cfg.max_size)):
         if value is not None and value < 1:
             raise FinerCamError(f"{flag} must be a positive number of pixels")
+    check_runtime(cfg.num_workers, cfg.max_pixels)
+    check_folder(cfg.save_dir, "--save_dir")
+    if cfg.decode not in DECODERS:
+        raise FinerCamError(f"--decode {cfg.decode!r}: expected one of {', '.join(DECODERS)}")
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
     if cfg.backbone not in BACKBONES:
@@ -153,7 +165,9 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         if cfg.compare_with or cfg.prompt is not None:
             raise FinerCamError("--compare_with and --prompt go with --concepts (a CLIP concept run)")
         head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
-        if not Path(head_path).is_file():  # before any weights are downloaded
+        if is_special(head_path):  # before any weights are downloaded
+            raise FinerCamError(f"{head_path}: not a regular file (a FIFO, device or socket)")
+        if not Path(head_path).is_file():
             raise FinerCamError(f"{head_path}: no such file")
         class_names, class_file = _resolve_class_names(cfg, head_path)
         sidecar = read_sidecar(head_path)
@@ -175,6 +189,13 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
     if cfg.image_size and sidecar.get("image_size") and cfg.image_size != sidecar["image_size"]:
         log.warning("the head was trained at %s px but --image_size %s was asked for", sidecar["image_size"],
                     cfg.image_size)
+    if cfg.max_size and sidecar.get("image_size"):
+        log.warning("the head was trained on %s px squares but --max_size %s keeps each image's aspect ratio "
+                    "(long side up to %s px)", sidecar["image_size"], cfg.max_size, cfg.max_size)
+    for mode in modes:
+        if mode.alpha and all(r > model.num_classes - 1 for r in mode.ranks):
+            log.warning("--modes %s: every rank lies beyond the %d other classes, so this mode is plain Grad-CAM "
+                        "(its label still says α=%g)", mode.spec, model.num_classes - 1, mode.alpha)
     native = model.backbone.input_resolution if is_clip else 224
     image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", native))
     mean, std = NORMALIZATIONS[normalize]
@@ -190,7 +211,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         "modes": [m.to_json() for m in modes],
         "method": cfg.method,
         "target_layer": "visual.transformer.resblocks[-1].ln_1" if is_clip else "blocks[-1].norm1",
-        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path), "arch": cfg.arch,
+        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path), "arch": arch_name(model.backbone, cfg.arch),
                      **backbone_shape(model.backbone),
                      **({"pool": cfg.clip_pool} if is_clip else {})},
         "head": head_info,
@@ -204,6 +225,8 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         "map_dtype": "float32" if cfg.save_size == "grid" else "float16",
         "aug_smooth": cfg.aug_smooth,
         "precision": cfg.precision,
+        "decode": cfg.decode,
+        "compile": cfg.compile,
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
@@ -238,6 +261,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
                          batches=batches)
     bar = open_bar(progress, "Finer-CAM", len(todo))
     writer = MapWriter(folder)
+    finished = False
     try:
         for batch in loader:
             decode_raw(batch, preprocess, device)  # --decode torchvision: JPEGs decoded on the device
@@ -255,10 +279,11 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
             bar.update(len(batch))
             stop.check()
         writer.close()
+        finished = True
     finally:
         writer.close(raise_errors=False)  # what was explained is written, whatever stopped the loop
         bar.close()
-        folder.close()
+        folder.close() if finished else folder.release()  # a stopped run lets the next one in
     counts = ranks.sum({"processed": summary.processed, "failed": summary.failed,
                         "label_fallback": summary.label_fallback})
     summary.processed, summary.failed, summary.label_fallback = (counts[k] for k in ("processed", "failed",

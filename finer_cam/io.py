@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
+import stat
 import tempfile
 import threading
 from collections import deque
@@ -15,12 +18,140 @@ import numpy as np
 
 from .errors import FinerCamError
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: folders are not locked there
+    fcntl = None
+
+log = logging.getLogger("finer_cam")
 RUN_FILE = "run.json"
 INDEX_FILE = "index.jsonl"
 SHARD_INDEX = "index.rank{}.jsonl"  # one per rank of a torchrun run, merged into INDEX_FILE at its end
 # run.json fields that must agree for a rerun to resume into the same folder
 RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "concepts", "preprocessing",
-               "similarity", "target", "save_size", "aug_smooth")
+               "similarity", "target", "save_size", "aug_smooth", "precision", "decode", "compile")
+# in every output folder of the project: the lock of the run writing there, and the sign that the folder is
+# an output (image walks skip folders that hold it, so outputs inside a data set are never read as images)
+OUTPUT_MARKER = ".finer_cam.lock"
+
+
+# ------------------------------------------------------------------------------------------- user files
+
+def is_special(path: str | Path) -> bool:
+    """Whether ``path`` exists and is not a regular file or folder (a FIFO, a device, a socket): reading one
+    could block for ever, so every reader names and skips it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A user's text file (list, class names, CSV, JSON) as text: UTF-8, a byte-order mark dropped; a
+    missing, special or undecodable file is a FinerCamError starting with ``what`` (e.g. ``--class_names X``)."""
+    if is_special(path):
+        raise FinerCamError(f"{what}: not a regular file (a FIFO, device or socket)")
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FinerCamError(f"{what}: no such file") from None
+    except IsADirectoryError:
+        raise FinerCamError(f"{what}: a folder, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise FinerCamError(f"{what}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise FinerCamError(f"{what}: cannot read ({exc.strerror or exc})") from None
+
+
+def safe_relative(text) -> str | None:
+    """``text`` as a relative POSIX path that stays inside whatever folder it hangs from (not absolute, no
+    ``..``, ``.`` or empty part, no NUL), or None when it is not one."""
+    if not isinstance(text, str) or not text or "\0" in text or text.startswith("/"):
+        return None
+    if any(part in ("", ".", "..") for part in text.split("/")):
+        return None
+    return text
+
+
+def inside(root: str | Path, relative: str, what: str) -> Path:
+    """``root / relative`` when ``relative`` is a :func:`safe_relative` path; else a FinerCamError naming
+    ``what``. (Symbolic links inside ``root`` are the owner's own and are followed, as in a data set of links.)"""
+    if safe_relative(relative) is None:
+        raise FinerCamError(f"{what}: {relative!r} is not a relative path inside {root}")
+    return Path(root) / relative
+
+
+def check_folder(path: str | Path, flag: str) -> None:
+    """An output folder given by ``flag``: where it or a folder above it exists, that is a folder (checked
+    before any work, so that a file in the way does not stop a run at its end)."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise FinerCamError(f"{flag} {path}: {folder} is a file, not a folder")
+            return
+
+
+def finite_json(data):
+    """``data`` with every NaN or infinite float replaced by None, so that it is valid JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
+def json_text(data, indent: int | None = None) -> str:
+    """Strict JSON (never NaN or Infinity: those become null), as the project writes it."""
+    return json.dumps(finite_json(data), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (``OUTPUT_MARKER`` in it, holding the PID), so that two runs
+    never write into one folder at once. The operating system drops it when the process ends, however it
+    ends: a killed run never leaves a lock behind."""
+
+    def __init__(self, folder: str | Path, flag: str) -> None:
+        self.path = Path(folder) / OUTPUT_MARKER
+        self.existed = self.path.exists()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FinerCamError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                finally:
+                    os.close(fd)
+                raise FinerCamError(f"{flag} {folder}: in use by another run (process {holder}); wait for it to "
+                                    "finish or use another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -29,6 +160,7 @@ def atomic_write_bytes(path: Path, write) -> None:
     # the temporary name is kept short, so that a file name near the 255-byte limit still has a twin
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # what open(path, "w") would give (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
@@ -94,7 +226,8 @@ def read_map_file(path: Path, lead: tuple[int, ...]) -> np.ndarray:
 
 
 def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    """``data`` as strict JSON (see :func:`json_text`), atomically."""
+    text = json_text(data, indent=2) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
@@ -128,18 +261,32 @@ def _fit_name(path: str, key: str) -> str:
 
 
 def read_index(path: Path) -> dict[str, dict]:
-    """``index.jsonl`` as image -> entry (the last line of an image wins; torn lines are dropped)."""
+    """``index.jsonl`` as image -> entry (the last line of an image wins; torn lines are dropped).
+
+    An entry's ``image`` and ``map`` must be relative paths that stay inside their folders
+    (:func:`safe_relative`); a line naming anything else is left out, with a warning.
+    """
     entries: dict[str, dict] = {}
     if not path.exists():
         return entries
+    if is_special(path):
+        raise FinerCamError(f"{path}: not a regular file (a FIFO, device or socket)")
+    refused = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a line torn by a kill
-            if isinstance(entry, dict) and isinstance(entry.get("image"), str):
-                entries[entry["image"]] = entry
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+                continue
+            if safe_relative(entry["image"]) is None or ("map" in entry and safe_relative(entry["map"]) is None):
+                refused += 1
+                continue
+            entries[entry["image"]] = entry
+    if refused:
+        log.warning("%s: %d lines name an image or map that is not a relative path inside the folder; left out",
+                    path, refused)
     return entries
 
 
@@ -149,15 +296,21 @@ def read_run(cam_dir: str | Path, flag: str = "--cam_dir") -> tuple[dict, dict[s
     if not folder.is_dir():
         raise FinerCamError(f"{flag} {cam_dir}: no such folder")
     run_path = folder / RUN_FILE
-    if not run_path.is_file():
+    if not run_path.exists():
         raise FinerCamError(f"{flag} {cam_dir}: no {RUN_FILE} (not a folder written by generate_cam.py)")
     try:
-        run_info = json.loads(run_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FinerCamError(f"{run_path}: unreadable ({exc})") from None
+        run_info = json.loads(read_text(run_path, str(run_path)))
+    except (ValueError, RecursionError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else "not JSON"
+        raise FinerCamError(f"{run_path}: unreadable ({why})") from None
     if not isinstance(run_info, dict) or not isinstance(run_info.get("modes"), list) or \
-            not isinstance(run_info.get("class_names"), list):
+            not isinstance(run_info.get("class_names"), list) or \
+            not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in run_info["modes"]) or \
+            not all(isinstance(n, str) for n in run_info["class_names"]):
         raise FinerCamError(f"{run_path}: not a generate_cam.py run description (no modes or class_names)")
+    concepts = run_info.get("concepts")
+    if concepts is not None and not (isinstance(concepts, dict) and isinstance(concepts.get("names"), list)):
+        raise FinerCamError(f"{run_path}: its concepts are not a list of names")
     return run_info, read_index(folder / INDEX_FILE)
 
 
@@ -189,6 +342,14 @@ class RunFolder:
             raise FinerCamError(f"--save_dir {save_dir}: cannot create the folder ({exc.strerror})") from None
         if not os.access(self.dir, os.W_OK):
             raise FinerCamError(f"--save_dir {save_dir}: the folder is not writable")
+        self.lock = FolderLock(self.dir, "--save_dir")  # held until close(): one run at a time per folder
+        try:
+            self._open(run_info, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, run_info: dict, overwrite: bool) -> None:
         self.run_info = run_info
         self.entries: dict[str, dict] = {}
         self._lock = threading.Lock()  # index lines come from MapWriter's threads
@@ -197,10 +358,12 @@ class RunFolder:
             remove_stale_temporaries(self.dir)
         if run_path.exists() and not overwrite:
             try:
-                old = json.loads(run_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                old = json.loads(read_text(run_path, str(run_path)))
+            except (FinerCamError, ValueError, RecursionError):
                 raise FinerCamError(f"{run_path}: unreadable; use another --save_dir or --overwrite") from None
-            changed = [k for k in RESUME_KEYS if old.get(k) != run_info.get(k)]
+            if not isinstance(old, dict):
+                raise FinerCamError(f"{run_path}: not a run description; use another --save_dir or --overwrite")
+            changed = [k for k in RESUME_KEYS if _comparable(k, old.get(k)) != _comparable(k, run_info.get(k))]
             if changed:
                 raise FinerCamError(f"{run_path}: this folder holds a run with a different {', '.join(changed)}; "
                                     "use another --save_dir, or --overwrite to replace it")
@@ -216,7 +379,7 @@ class RunFolder:
         """The folder as another rank sees it once rank 0 has opened it: its finished images, and this
         rank's own index file to append to."""
         self = cls.__new__(cls)
-        self.dir, self.run_info, self._lock = Path(save_dir), run_info, threading.Lock()
+        self.dir, self.run_info, self._lock, self.lock = Path(save_dir), run_info, threading.Lock(), None
         self.entries = read_index(self.dir / INDEX_FILE)
         self._index = open(self.dir / SHARD_INDEX.format(rank), "a", encoding="utf-8")
         return self
@@ -244,7 +407,7 @@ class RunFolder:
 
     def _rewrite_index(self, keep_errors: bool) -> None:
         self.entries = {k: v for k, v in self.entries.items() if self.is_done(k) or (keep_errors and "error" in v)}
-        lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries.values())
+        lines = "".join(json_text(e) + "\n" for e in self.entries.values())
         atomic_write_bytes(self.dir / INDEX_FILE, lambda f: f.write(lines.encode("utf-8")))
         for shard in self._shard_files():
             shard.unlink()
@@ -255,7 +418,7 @@ class RunFolder:
 
     def add(self, entry: dict) -> None:
         """Append one image's index line (after its map file is in place); safe from several threads."""
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        line = json_text(entry) + "\n"
         with self._lock:
             self.entries[entry["image"]] = entry
             try:
@@ -267,10 +430,25 @@ class RunFolder:
     def finish(self, summary: dict) -> None:
         self._index.close()
         write_json(self.dir / RUN_FILE, {**self.run_info, "summary": summary})
+        self.release()
 
     def close(self) -> None:
         if not self._index.closed:
             self._index.close()
+
+    def release(self) -> None:
+        """Let another run open the folder (after :meth:`finish`, or when the run stops)."""
+        self.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _comparable(key: str, value):
+    """A run.json field as a resume compares it: the backbone by its file and shape, not by how its
+    architecture was named (``--arch auto`` and the name it resolves to are the same model)."""
+    if key == "backbone" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "arch"}
+    return value
 
 
 class MapWriter:

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from dinov2 import CheckpointError, load_dinov2
+from dinov2 import ARCHS, CheckpointError, load_dinov2
 from dinov2.vision_transformer import load_state_dict_file
 
 from .errors import FinerCamError
+from .io import is_special, read_text
 from .kernels import pack_linears
 from .weights import resolve_weights
 
@@ -137,11 +138,22 @@ def backbone_shape(backbone: nn.Module) -> dict:
             "patch_size": c.patch_size}
 
 
+def arch_name(backbone: nn.Module, asked: str = "auto") -> str:
+    """The name of a DINOv2 backbone's architecture (``vit_base``, ...), whether it was named or read off
+    the checkpoint; ``asked`` for a CLIP tower or a shape that has no name."""
+    if isinstance(backbone, clip.VisionTransformer):
+        return asked
+    c = backbone.config
+    return next((name for name, a in ARCHS.items() if (a.embed_dim, a.depth, a.num_register_tokens, a.ffn)
+                 == (c.embed_dim, c.depth, c.num_register_tokens, c.ffn)), asked)
+
+
 def load_backbone(model_path: str | Path, kind: str = "dinov2", arch: str = "auto") -> nn.Module:
     """A DINOv2 ViT (``arch`` checked or read off the file) or CLIP's image tower, on the CPU; ``model_path``
     is a file or an official name (:func:`finer_cam.weights.resolve_weights`)."""
     if kind in BACKBONES:
         model_path = resolve_weights(model_path, kind)
+    _check_regular(model_path)
     try:
         if kind == "dinov2":
             return load_dinov2(str(model_path), arch=arch, map_location="cpu")
@@ -150,6 +162,12 @@ def load_backbone(model_path: str | Path, kind: str = "dinov2", arch: str = "aut
     except (CheckpointError, clip.ClipCheckpointError) as exc:
         raise FinerCamError(str(exc)) from None
     raise FinerCamError(f"--backbone {kind!r}: expected one of {', '.join(BACKBONES)}")
+
+
+def _check_regular(path: str | Path) -> None:
+    """A checkpoint path that is a FIFO or a device would block the loader for ever: refuse it."""
+    if is_special(path):
+        raise FinerCamError(f"{path}: not a regular file (a FIFO, device or socket)")
 
 
 def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls") -> Classifier:
@@ -178,7 +196,9 @@ def autocast(device: torch.device, precision: str):
 
 
 def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Linear:
-    """A head file (state dict ``{"weight": [C, D], "bias": [C]}``, the official format) as ``nn.Linear``."""
+    """A head file (state dict ``{"weight": [C, D], "bias": [C]}``, the official format) as ``nn.Linear``;
+    a head with NaN or infinite weights (a diverged training) is refused."""
+    _check_regular(path)
     try:
         state = load_state_dict_file(str(path), map_location)
     except CheckpointError as exc:
@@ -190,6 +210,9 @@ def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise FinerCamError(f"{path}: weight {tuple(weight.shape)} and bias {tuple(bias.shape)} are not a "
                             "linear layer's [C, D] and [C]")
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise FinerCamError(f"{path}: the head holds NaN or infinite weights (its training diverged); train it "
+                            "again, e.g. with a lower --lr")
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
     return head
@@ -198,11 +221,11 @@ def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.
 def read_sidecar(head_path: str | Path) -> dict:
     """The JSON that train_classifier.py writes beside its heads (empty when there is none)."""
     path = Path(head_path).with_name(SIDECAR)
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_text(path, str(path)))
+    except (ValueError, RecursionError) as exc:
         raise FinerCamError(f"{path}: unreadable classifier sidecar ({exc})") from None
     if not isinstance(data, dict):
         raise FinerCamError(f"{path}: the classifier sidecar must be a JSON object")
@@ -226,6 +249,7 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
     """CLIP zero-shot: class ``i`` is ``texts[i]``; logits are the cosine similarities of the image and text
     embeddings times CLIP's logit scale. The text embeddings are computed here, once."""
     model_path = resolve_weights(model_path, "clip")
+    _check_regular(model_path)
     try:
         model = clip.load_model(model_path)
         tokens = clip.tokenize(texts, context_length=model.context_length, truncate=truncate)

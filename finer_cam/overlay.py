@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .cam import FLAT
 from .errors import FinerCamError
 
 GAP = 4  # pixels between the panels of a strip
@@ -44,7 +45,8 @@ def fit_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (cam.shape[1], cam.shape[0]) != tuple(size):
         cam = cv2.resize(cam, tuple(size), interpolation=cv2.INTER_LINEAR)
     lo, hi = float(cam.min()), float(cam.max())
-    return (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
+    flat = hi - lo <= FLAT * max(abs(lo), abs(hi))  # constant up to float rounding (as cam.normalize_maps)
+    return (cam - lo) / (hi - lo) if hi > lo and not flat else np.zeros_like(cam)
 
 
 def blend(image: np.ndarray, heat: np.ndarray, lut: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -27,8 +27,8 @@ from torch.nn import functional as F
 from . import __version__
 from .data import MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
 from .errors import FinerCamError
-from .generate import resolve_device
-from .io import atomic_write_bytes, write_json
+from .generate import check_runtime, resolve_device
+from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, json_text, write_json
 from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
                      feature_dim, frozen, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
@@ -84,6 +84,9 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
     """Class folder name -> its images (searched recursively), for each sub-folder of ``folder``."""
     classes = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (sub / OUTPUT_MARKER).exists():
+            log.warning("%s: an output folder of finer_cam, not a class; left out", sub)
+            continue
         name = sub.name
         if name != name.strip() or "\n" in name:
             raise FinerCamError(f"{sub}: a class folder name may not start or end with spaces or hold a line break")
@@ -304,6 +307,7 @@ class TrainResult:
 
 
 def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
+    check_folder(out, "--output_dir")
     existing = [n for n in OUTPUTS if (out / n).exists()]
     if cfg.resume:
         if not (out / STATE).is_file():
@@ -326,8 +330,13 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     for flag, value in (("--epochs", cfg.epochs), ("--batch_size", cfg.batch_size), ("--image_size", cfg.image_size)):
         if value is not None and value < 1:
             raise FinerCamError(f"{flag} must be at least 1")
-    if cfg.lr <= 0:
-        raise FinerCamError("--lr must be positive")
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise FinerCamError(f"--lr {cfg.lr}: expected a positive number")
+    if not math.isfinite(cfg.weight_decay) or cfg.weight_decay < 0:
+        raise FinerCamError(f"--weight_decay {cfg.weight_decay}: expected 0 or a positive number")
+    if not math.isfinite(cfg.val_fraction) or not 0 < cfg.val_fraction < 1:
+        raise FinerCamError(f"--val_fraction {cfg.val_fraction}: expected a fraction between 0 and 1")
+    check_runtime(cfg.num_workers, cfg.max_pixels)
     if cfg.normalize is not None and cfg.normalize not in NORMALIZATIONS:
         raise FinerCamError(f"--normalize {cfg.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
     if cfg.backbone not in BACKBONES:
@@ -336,6 +345,19 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FinerCamError(f"--output_dir {out}: cannot create the folder ({exc.strerror or exc})") from None
+    lock = FolderLock(out, "--output_dir")  # one training at a time in a folder
+    try:
+        return _train(cfg, out, device, split, progress, stop)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, progress: BarFactory | None,
+           stop: StopRequest) -> TrainResult:
     model_file = resolve_weights(cfg.model_path or DEFAULT_MODELS[cfg.backbone], cfg.backbone, cfg.offline, progress)
     cfg = replace(cfg, model_path=str(model_file))
     backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
@@ -347,6 +369,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
     backbone_info = _backbone_info(cfg, model)
+    settings = _settings(cfg)
     model_file = Path(cfg.model_path)
     setup = {"backbone": {**backbone_info, "file": _file_id(model_file)},
              "preprocessing": preprocess.to_json(), "precision": cfg.precision}
@@ -376,10 +399,9 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     start, best_acc, best_loss, best_epoch, best_state, history = 0, -1.0, math.inf, 0, _head_state(head), []
     if cfg.resume:
         start, best_acc, best_loss, best_epoch, best_state, history = _load_state(
-            out, head, optimizer, split.class_names, backbone_info)
+            out, head, optimizer, split.class_names, backbone_info, settings)
         log.info("resuming after epoch %d of %d", start, cfg.epochs)
     train_items = split.train
-    out.mkdir(parents=True, exist_ok=True)
     epoch_bar = open_bar(progress, "epochs", cfg.epochs, unit="epoch")
     epoch_bar.update(start)
     with epoch_bar:
@@ -396,6 +418,9 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
             head.train()
             for xb, yb in batches:
                 loss = F.cross_entropy(head(xb.to(head.weight.device)), yb)
+                if not torch.isfinite(loss):
+                    raise FinerCamError(f"training diverged in epoch {epoch + 1}: the loss is {loss.item()}; nothing "
+                                        f"of this epoch is saved; lower --lr (now {cfg.lr:g})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -416,7 +441,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
                                       "optimizer": optimizer.state_dict(), "best_accuracy": best_acc, "best_loss": best_loss,
                                       "best_epoch": best_epoch, "best_head": best_state,
                                       "class_names": split.class_names, "backbone": backbone_info,
-                                      "history": json.dumps(history)})
+                                      "settings": json_text(settings), "history": json_text(history)})
             epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{val_acc:.3f}")
             epoch_bar.update(1)
             stop.check()
@@ -446,15 +471,34 @@ def _augmented_batches(model, items, preprocess, cfg, device, failures, generato
             yield feats, labels[indices]
 
 
-def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict):
+def _settings(cfg: TrainConfig) -> dict:
+    """Everything besides the data and the backbone that changes the trained head (the preprocessing follows
+    from the size and the normalisation): a resume must match it."""
+    return {k: getattr(cfg, k) for k in ("image_size", "normalize", "precision", "epochs", "lr", "weight_decay",
+                                         "batch_size", "seed", "augment", "val_fraction")}
+
+
+def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict,
+                settings: dict):
     path = out / STATE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["settings"]) if "settings" in state else None
+        if saved is None:
+            raise FinerCamError(f"--resume: {path} does not record its training settings (an older version "
+                                "wrote it); train anew with --overwrite")
+        changed = [k for k in settings if json.loads(json_text(settings[k])) != saved.get(k)]
+        if changed:
+            said = "; ".join(f"{k} {json_text(saved.get(k))} then, {json_text(settings[k])} now" for k in changed)
+            raise FinerCamError(f"--resume: {path} was trained with other settings ({said}); resume with the "
+                                "same flags, or train anew with --overwrite")
         if state["class_names"] != class_names:
             raise FinerCamError(f"--resume: {path} was trained on other classes than {len(class_names)} found now")
         if {k: v for k, v in state["backbone"].items() if k != "arch"} != \
                 {k: v for k, v in backbone_info.items() if k != "arch"}:
             raise FinerCamError(f"--resume: {path} was trained on another backbone ({state['backbone']['path']})")
+        if not all(torch.isfinite(t).all() for t in (*state["head"].values(), *state["best_head"].values())):
+            raise FinerCamError(f"--resume: {path} holds NaN or infinite weights; train anew with --overwrite")
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         return (int(state["epoch"]), float(state["best_accuracy"]), float(state["best_loss"]), int(state["best_epoch"]),

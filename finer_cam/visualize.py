@@ -18,12 +18,14 @@ from PIL import Image
 
 from .data import MAX_PIXELS, ImageError, LabelMatcher, load_image, walk_images
 from .errors import FinerCamError
-from .io import SkippedFile, atomic_write_bytes, dataset_root, map_lead_shape, read_map_file, read_run
+from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, inside, map_lead_shape,
+                 read_map_file, read_run, remove_stale_temporaries)
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, StopRequest, open_bar
 
 log = logging.getLogger("finer_cam")
 FORMATS = ("jpg", "png")
+JPEG_MAX = 65535  # pixels on a side that JPEG can hold; a wider strip is written as PNG
 
 
 @dataclass
@@ -186,6 +188,11 @@ def make_concept_strips(image: np.ndarray, maps: np.ndarray, entry: dict, run_in
     return np.concatenate(stacked, axis=0), heats_by_concept
 
 
+def strip_format(image: np.ndarray, fmt: str) -> str:
+    """``fmt``, or ``png`` for a strip too large for JPEG."""
+    return "png" if fmt == "jpg" and max(image.shape[:2]) > JPEG_MAX else fmt
+
+
 def _encode(image: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG" if fmt == "jpg" else "PNG", **({"quality": 92} if fmt == "jpg" else {}))
@@ -201,8 +208,17 @@ def check_config(cfg: VisualizeConfig) -> np.ndarray:
         raise FinerCamError(f"--size {cfg.size}: expected a panel height of at least 8 pixels")
     if cfg.limit is not None and cfg.limit < 1:
         raise FinerCamError("--limit must be at least 1")
-    if cfg.grid is not None and Path(cfg.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-        raise FinerCamError(f"--grid {cfg.grid}: give a .png, .pdf, .svg or .jpg file name")
+    if cfg.grid_rows < 1:
+        raise FinerCamError(f"--grid_rows {cfg.grid_rows}: expected at least 1 image in the grid")
+    if cfg.max_pixels is not None and cfg.max_pixels < 0:
+        raise FinerCamError(f"--max_pixels {cfg.max_pixels}: expected a number of pixels, or 0 for no limit")
+    if cfg.grid is not None:
+        if Path(cfg.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+            raise FinerCamError(f"--grid {cfg.grid}: give a .png, .pdf, .svg or .jpg file name")
+        if Path(cfg.grid).is_dir():
+            raise FinerCamError(f"--grid {cfg.grid}: a folder; give a file name")
+        check_folder(Path(cfg.grid).parent, "--grid")
+    check_folder(cfg.save_dir, "--save_dir")
     return colormap_lut(cfg.colormap)
 
 
@@ -225,11 +241,21 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
     examples = Examples(root, run_info["class_names"], explained)
     lead = map_lead_shape(run_info)
     grid_rows = []
-    with open_bar(progress, "overlays", len(chosen)) as bar:
-        for entry in chosen:
-            _draw_one(entry, cfg, run_info, root, examples, lut, lead, grid_rows, summary)
-            bar.update(1)
-            stop.check()
+    try:
+        Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FinerCamError(f"--save_dir {cfg.save_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    lock = FolderLock(cfg.save_dir, "--save_dir")  # also marks the strips as outputs, never read as images
+    try:
+        if lock.existed:  # our folder: what a killed run was writing is gone
+            remove_stale_temporaries(Path(cfg.save_dir))
+        with open_bar(progress, "overlays", len(chosen)) as bar:
+            for entry in chosen:
+                _draw_one(entry, cfg, run_info, root, examples, lut, lead, grid_rows, summary)
+                bar.update(1)
+                stop.check()
+    finally:
+        lock.release()
     if cfg.grid and grid_rows:
         fig = grid_figure(grid_rows, [mode_label(m) for m in run_info["modes"]], lut, cfg.alpha)
         buf = io.BytesIO()
@@ -243,12 +269,14 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
     """One image's strip, written; a bad image or map file is logged and counted, not raised."""
     rel = entry["image"]
     try:
-        image = np.asarray(load_image(root / rel, cfg.max_pixels))
-        maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", Path(rel).with_suffix(".npy").as_posix()), lead)
-        name = Path(entry.get("map", rel)).with_suffix("." + cfg.format)
+        map_rel = entry.get("map", Path(rel).with_suffix(".npy").as_posix())
+        image_path = inside(root, rel, "index.jsonl: image")  # read_index let only relative paths in
+        map_path = inside(cfg.cam_dir, map_rel, "index.jsonl: map")
+        image = np.asarray(load_image(image_path, cfg.max_pixels))
+        maps = read_map_file(map_path, lead)
         if run_info.get("concepts"):
             strip, rows = make_concept_strips(image, maps, entry, run_info, lut, cfg.alpha, cfg.size)
-            atomic_write_bytes(Path(cfg.save_dir) / name, lambda f: f.write(_encode(strip, cfg.format)))
+            _write_strip(strip, map_rel, cfg)
             summary.written += 1
             small = resize_image(image, 160)
             for concept, heats in rows:
@@ -266,11 +294,15 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
                 except ImageError as exc:
                     log.warning("%s: example image unreadable (%s)", root / ex_rel, exc)
         strip, heats = make_strip(image, maps, entry, run_info, example, lut, cfg.alpha, cfg.size)
-        atomic_write_bytes(Path(cfg.save_dir) / name, lambda f: f.write(_encode(strip, cfg.format)))
+        _write_strip(strip, map_rel, cfg)
         summary.written += 1
         if cfg.grid and len(grid_rows) < cfg.grid_rows:
             small = resize_image(image, 160)
             grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats], _grid_title(entry, run_info)))
+    except FinerCamError as exc:  # an index line that points outside its folder
+        summary.failed += 1
+        summary.errors.append((rel, str(exc)))
+        log.error("%s/index.jsonl: %s (skipped)", cfg.cam_dir, exc)
     except (ImageError, SkippedFile) as exc:
         where = root / rel if isinstance(exc, ImageError) else exc.path
         summary.failed += 1
@@ -278,6 +310,17 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
         log.error("%s: %s (skipped)", where, exc)
     except OSError as exc:
         raise FinerCamError(f"--save_dir {cfg.save_dir}: cannot write ({exc.strerror or exc})") from None
+
+
+def _write_strip(strip: np.ndarray, map_rel: str, cfg: VisualizeConfig) -> None:
+    """The strip beside where its map lies in the run folder, mirrored under ``--save_dir``; a strip too large
+    for JPEG is written as PNG, with a warning."""
+    fmt = strip_format(strip, cfg.format)
+    path = inside(cfg.save_dir, Path(map_rel).with_suffix("." + fmt).as_posix(), "index.jsonl: map")
+    if fmt != cfg.format:
+        log.warning("%s: the strip is %dx%d pixels, more than JPEG holds (%d); written as PNG", path,
+                    strip.shape[1], strip.shape[0], JPEG_MAX)
+    atomic_write_bytes(path, lambda f: f.write(_encode(strip, fmt)))
 
 
 def _grid_title(entry: dict, run_info: dict) -> str:
