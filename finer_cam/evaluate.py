@@ -28,9 +28,9 @@ from PIL import Image
 
 from .cam import normalize_maps, resize_maps
 from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
+from .device import resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import FinerCamError
-from .generate import resolve_device
 from .io import SkippedFile, atomic_write_bytes, dataset_root, read_map_file, read_run, write_json
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                       relative_drop, top_percent_mask)

@@ -26,11 +26,11 @@ from torch.nn import functional as F
 
 from . import __version__
 from .data import MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
+from .device import autocast, resolve_device
 from .errors import FinerCamError
-from .generate import resolve_device
 from .io import atomic_write_bytes, write_json
-from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
-                     feature_dim, frozen, load_backbone, make_classifier)
+from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, backbone_shape,
+                     feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 
 log = logging.getLogger("finer_cam")
@@ -337,7 +337,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     cfg = replace(cfg, model_path=cfg.model_path or DEFAULT_MODELS[cfg.backbone])
     backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
     num_classes = len(split.class_names)
-    model = frozen(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
+    model = freeze_and_pack(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
     is_clip = isinstance(model, ClipClassifier)
     cfg = replace(cfg, image_size=cfg.image_size or (backbone.input_resolution if is_clip else 224),
                   normalize=cfg.normalize or ("clip" if is_clip else "imagenet"))
