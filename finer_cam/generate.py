@@ -15,6 +15,7 @@ from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
                    decode_raw, displayed_size, find_images, make_loader, read_class_names, shape_batches)
+from .device import resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, map_names
@@ -75,17 +76,6 @@ class Summary:
     def to_json(self) -> dict:
         return {"total": self.total, "processed": self.processed, "skipped": self.skipped, "failed": self.failed,
                 "label_fallback": self.label_fallback}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FinerCamError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise FinerCamError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
 
 
 def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str], str]:
@@ -170,7 +160,7 @@ def prepare(cfg: GenerateConfig):
     if cfg.compile:
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
-    engine = FinerCAM(model, modes, cfg.method, cfg.similarity, cfg.precision)
+    engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=cfg.precision)
     images = find_images(cfg.dataset_path)
     run_info = {
         "dataset_root": str(images.root),
