@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,6 +16,7 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_api_page_examples_run():
     blocks = python_blocks(ROOT / "docs" / "api.md")
     assert len(blocks) == 3 and len(blocks[0].strip().splitlines()) <= 10  # the ten-line example comes first
