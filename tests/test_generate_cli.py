@@ -279,6 +279,7 @@ def test_max_size_batches_images_of_equal_shape_together(setup, monkeypatch):
     assert shape_batches([(1, 1), None, (2, 2), (1, 1), None], 2) == [[0, 3], [1, 4], [2]]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set size from /proc")
 def test_memory_stays_flat_over_a_long_run(setup):
     """Several hundred images: nothing may pile up per batch (keeping each batch's input alone grows it by
@@ -325,6 +326,7 @@ def test_starting_generate_cam_does_not_import_torchvision():
     assert done.stdout.strip() == "False", done.stderr[-500:]
 
 
+@pytest.mark.slow
 def test_compile_compiles_the_shared_forward_and_changes_no_map(setup, monkeypatch):
     tmp_path, _ = setup
     compiled = []

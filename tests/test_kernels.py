@@ -94,6 +94,7 @@ def test_finer_cam_maps_of_the_packed_model_equal_the_plain_ones():
     assert (got.maps - want.maps).abs().max() <= 1e-4 * scale
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_torch_compile_runs_the_packed_model_with_its_own_kernels():
     """Inductor cannot take a pre-packed weight: under torch.compile PackedLinear is a plain linear layer."""
