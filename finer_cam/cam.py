@@ -252,7 +252,7 @@ class FinerCAM:
     output to ``[B, D, h, w]``, as in pytorch-grad-cam. For this project's classifiers
     (:class:`finer_cam.models.Classifier`) ``target_layer`` may be left out: it is their own.
 
-    ``modes`` are ``NAME:ALPHA[:RANKS[:softmax]]`` strings (see :mod:`finer_cam.targets`) or :class:`Mode`\ s.
+    ``modes`` are ``NAME:ALPHA[:RANKS[:softmax]]`` strings (see :mod:`finer_cam.targets`) or :class:`Mode` objects.
     ``labels`` [B] hold class indices, or -1 where the label is unknown; with ``target="predicted"`` (or a
     -1 label) the target is the predicted class.
     """
