@@ -32,7 +32,8 @@ def resnet18(num_classes: int = 10) -> torch.nn.Module:
 def timm_vit(reg_tokens: int = 0, num_classes: int = 10, img_size=64) -> torch.nn.Module:
     torch.manual_seed(0)
     model = timm.models.vision_transformer.VisionTransformer(
-        img_size=img_size, patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=num_classes, reg_tokens=reg_tokens)
+        img_size=img_size, patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=num_classes,
+        reg_tokens=reg_tokens)
     with torch.no_grad():  # random weights with logits that differ enough between classes
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
