@@ -1,7 +1,7 @@
 PYTHON ?= python
 ORACLE_DIR := .oracles/dinov2_official
 
-.PHONY: install test-deps test demo toy-backbone bench
+.PHONY: install test-deps test test-fast demo toy-backbone bench
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -14,6 +14,10 @@ test-deps: install
 
 test: test-deps
 	$(PYTHON) -m pytest -q tests
+
+# the tests not marked slow (pytest.ini), about a minute on two CPU cores
+test-fast: test-deps
+	$(PYTHON) -m pytest -q -m "not slow" tests
 
 bench: test-deps
 	$(PYTHON) bench/bench_generate.py

@@ -12,8 +12,8 @@ from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
                            setup_logging, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.data import DECODERS, NORMALIZATIONS
+from finer_cam.device import PRECISIONS
 from finer_cam.generate import DEFAULT_HEAD, SAVE_SIZES, GenerateConfig, run_generate
-from finer_cam.models import PRECISIONS
 from finer_cam.progress import StopRequest
 from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
 

@@ -11,7 +11,7 @@ from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
                            add_backbone_arguments, add_max_pixels_argument, main_guard,
                            setup_logging, tqdm_bar)
 from finer_cam.data import NORMALIZATIONS
-from finer_cam.models import PRECISIONS
+from finer_cam.device import PRECISIONS
 from finer_cam.progress import StopRequest
 from finer_cam.train import TrainConfig, run_train
 

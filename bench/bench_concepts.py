@@ -59,7 +59,7 @@ def main() -> None:
         model = load_concept_classifier(Path(tmp) / "ViT-B-16.pth", concepts.texts, args.device)
     modes = parse_modes(list(DEFAULT_MODES))
     x = torch.randn(args.images, 3, 224, 224, device=args.device)
-    engine = FinerCAM(model, modes)
+    engine = FinerCAM(model, modes=modes)
     engine.explain_concepts(x[:1], args.concepts)  # warm-up
     start = time.perf_counter()
     ours = engine.explain_concepts(x, args.concepts)

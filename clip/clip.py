@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from dinov2.hub import BarFactory, DownloadError, download, file_sha256, offline_requested
-from dinov2.vision_transformer import CheckpointError, is_torchscript, load_state_dict_file
+from finer_cam.downloads import BarFactory, DownloadError, download, file_sha256, offline_requested
+from finer_cam.checkpoints import CheckpointError, is_torchscript, load_state_dict_file
 
 from .model import CLIP, ClipCheckpointError, build_model
 
@@ -68,7 +68,7 @@ def checkpoint(name: str, download_root: str | Path | None = None, offline: bool
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a CLIP checkpoint: a TorchScript archive (only its tensors are taken; none of its code
-    runs) or a plain state dict (``torch.load`` with ``weights_only=True``, shared with ``dinov2``)."""
+    runs) or a plain state dict (``torch.load`` with ``weights_only=True``: :mod:`finer_cam.checkpoints`)."""
     path = Path(path)
     if not path.is_file():
         raise ClipCheckpointError(f"{path}: no such file")

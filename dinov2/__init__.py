@@ -8,8 +8,7 @@ from .vision_transformer import (
     build,
     config_from_state_dict,
     load_dinov2,
-    load_state_dict_file,
 )
 
 __all__ = ["ARCHS", "CheckpointError", "DinoVisionTransformer", "ViTConfig", "build",
-           "config_from_state_dict", "load_dinov2", "load_state_dict_file"]
+           "config_from_state_dict", "load_dinov2"]

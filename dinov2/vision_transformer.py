@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass, replace
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from finer_cam.checkpoints import CheckpointError, load_state_dict_file
 
 from .layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
 from .layers.mlp import swiglu_hidden
@@ -163,10 +161,6 @@ class DinoVisionTransformer(nn.Module):
         return self.forward_features(x)["x_norm_clstoken"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested architecture."""
-
-
 def config_from_state_dict(state: dict[str, torch.Tensor], arch: str = "auto") -> ViTConfig:
     """Read the architecture off an official-format state dict and check it against ``arch``.
 
@@ -207,54 +201,6 @@ def config_from_state_dict(state: dict[str, torch.Tensor], arch: str = "auto") -
         raise CheckpointError(f"checkpoint has {registers} register tokens but {arch} has "
                               f"{want.num_register_tokens}{hint}")
     return replace(want, patch_size=patch, img_size=side * patch)
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl`` and ``code/``) rather than a
-    ``torch.save`` file."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def load_state_dict_file(path: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped where the file allows it); unwraps
-    ``{"model": ...}``/``{"state_dict": ...}`` wrappers.
-
-    A file whose pickle holds anything but tensors and plain containers (which could run code when
-    unpickled) is refused before any of it runs; so is a TorchScript archive (only CLIP's loader reads
-    those, keeping their tensors).
-    """
-    if Path(path).is_file() and is_torchscript(path):
-        raise CheckpointError(f"{path}: a TorchScript archive, not a state dict (only CLIP checkpoints are read "
-                              "from TorchScript archives: --backbone clip)")
-    try:
-        try:  # memory-mapped: the weights are read from the page cache as used, never copied (0.2 s less for ViT-B)
-            state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location=map_location, weights_only=True)  # the legacy (tar) format
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors, which could run "
-                              "code when loaded (only weights-only checkpoints are read)") from None
-    except Exception as exc:  # truncated zip, not a torch file...
-        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint ({_first_line(exc)})") from None
-    for key in ("model", "state_dict", "teacher"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict) and "cls_token" not in state:
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def load_dinov2(path: str, arch: str = "auto", map_location: str | torch.device = "cpu") -> DinoVisionTransformer:

@@ -1,21 +1,34 @@
 """CAM maths (pure functions on tensors) and the batched engine that explains many modes at once.
 
-Efficiency: ONE forward pass per batch serves every mode. The blocks before the target layer run under
-``torch.no_grad``; the target activation is the only tensor that needs a gradient (backbone parameters
-never get one), and the modes' gradients come from one backward each through that small tail (the
-last block, the pooling and the head).
+The engine explains any PyTorch classifier (a module mapping images ``[B, 3, H, W]`` to logits ``[B, C]``)
+at a target layer whose output is a CNN feature map ``[B, D, h, w]`` or ViT tokens ``[B, T, D]``.
+
+Efficiency: ONE forward pass per batch serves every mode. The layers before the target layer run under
+``torch.no_grad``; the target activation is the only tensor that needs a gradient (model parameters never
+get one), and the modes' gradients come from one backward each through the small tail after it. The
+network is cut at the target layer in one of two ways (a *split*):
+
+- a model with ``forward_to_target`` / ``forward_from_target`` (:class:`finer_cam.models.Classifier`, the
+  DINOv2 and CLIP classifiers) runs the first part under ``no_grad`` and the tail from the activation;
+- any other module runs its own ``forward`` under ``no_grad``; a forward hook on the target layer (removed
+  afterwards) swaps the layer's output for a copy that requires a gradient and turns gradients back on
+  for the rest of that forward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .device import PRECISIONS, autocast
 from .errors import FinerCamError
-from .models import PRECISIONS, Classifier, autocast
-from .targets import Mode, max_rank, objectives, rank_references, weight_cosine
+from .targets import DEFAULT_MODES, Mode, max_rank, objectives, parse_modes, rank_references, weight_cosine
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam")
 _EPS = 1e-7  # as pytorch-grad-cam
@@ -86,7 +99,8 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class Explanation:
-    """What one batch gives: raw maps after the ReLU ``[B, M, h, w]`` on the patch grid, and the decisions."""
+    """What one batch gives: raw maps after the ReLU ``[B, M, h, w]`` on the target layer's grid (one map per
+    mode, in the modes' order), and the decisions they explain."""
 
     maps: torch.Tensor
     logits: torch.Tensor  # [B, C]
@@ -104,36 +118,193 @@ class ConceptExplanation:
 
 
 TargetSets = list[tuple[torch.Tensor, torch.Tensor]]  # (targets [B], references [B, R]) per set
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]  # target layer output [N, ...] -> [N, D, h, w]
+
+
+@contextlib.contextmanager
+def forward_hook(module: nn.Module, hook: Callable) -> Iterator[None]:
+    """``hook`` registered as a forward hook of ``module`` for the duration of the ``with`` block."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def token_grid(num_tokens: int, size: tuple[int, int], num_prefix: int | None = None) -> tuple[int, tuple[int, int]]:
+    """The prefix-token count and patch grid ``(h, w)`` that ``num_tokens`` ViT tokens of an ``H x W`` image
+    have: ``num_tokens = prefix + h * w`` with ``h = H // s``, ``w = W // s`` for a patch size ``s``.
+
+    ``num_prefix`` None: tried from 0 to 8 with patches that tile the image exactly; the answer must be unique.
+    """
+    height, width = size
+    found: dict[int, tuple[int, int]] = {}
+    for prefix in range(9) if num_prefix is None else (num_prefix,):
+        n = num_tokens - prefix
+        if n < 1:
+            continue
+        guess = max(1, int(math.sqrt(height * width / n)))
+        for s in range(max(1, guess - 2), guess + 3):
+            exact = height % s == 0 and width % s == 0
+            if (height // s) * (width // s) == n and (exact or num_prefix is not None):
+                found[prefix] = (height // s, width // s)
+                break
+    if len(found) == 1:
+        return next(iter(found.items()))
+    what = f"{num_tokens} tokens" + ("" if num_prefix is None else f" with {num_prefix} prefix tokens")
+    if not found:
+        raise FinerCamError(f"{what} do not fill a patch grid of a {height}x{width} image: give reshape_transform")
+    raise FinerCamError(f"{what} of a {height}x{width} image fit {len(found)} prefix-token counts "
+                        f"({', '.join(map(str, found))}): give num_prefix_tokens")
+
+
+class _SplitAtTarget:
+    """A model that comes in two parts at its target layer (:class:`finer_cam.models.Classifier`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def run(self, images: torch.Tensor, track: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target activation ``[B, T, D]`` (requiring a gradient when ``track``) and the logits ``[B, C]``."""
+        with torch.no_grad():
+            state, act = self.model.forward_to_target(images)
+        act = act.detach().requires_grad_(track)
+        with torch.enable_grad():
+            return act, self.model.forward_from_target(state, act)
+
+    def grid(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``[N, T, D] -> [N, D, h, w]`` for an ``H x W`` input."""
+        p = self.model.patch_size
+        return tokens_to_grid(tokens, self.model.num_prefix_tokens, (size[0] // p, size[1] // p))
+
+
+class _HookedTarget:
+    """Any module: its own forward, cut at ``layer`` by a forward hook."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, num_prefix_tokens: int | None,
+                 reshape_transform: ReshapeTransform | None) -> None:
+        self.model, self.layer, self.reshape_transform = model, layer, reshape_transform
+        inferred = getattr(model, "num_prefix_tokens", None)  # timm's ViTs and this project's backbones say it
+        self.num_prefix_tokens = num_prefix_tokens if num_prefix_tokens is not None else (
+            inferred if isinstance(inferred, int) else None)
+
+    def run(self, images: torch.Tensor, track: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target layer's output (requiring a gradient when ``track``) and the logits ``[B, C]``; the
+        layers before the target layer run without gradients."""
+        seen: list[torch.Tensor] = []
+
+        def hook(module: nn.Module, inputs, output):
+            if seen:
+                raise FinerCamError(f"the target layer {type(module).__name__} ran twice in one forward pass "
+                                    "(a module used at several places): choose a layer that runs once")
+            if not isinstance(output, torch.Tensor):
+                raise FinerCamError(f"the target layer {type(module).__name__} returns {type(output).__name__}, "
+                                    "not a tensor: choose a layer whose output is a feature map or tokens")
+            seen.append(output.detach().requires_grad_(track))
+            torch.set_grad_enabled(track)  # the no_grad block below restores the caller's mode on exit
+            return seen[0].clone()  # the rest of the model may change its input in place; the leaf stays intact
+
+        with forward_hook(self.layer, hook), torch.no_grad():
+            logits = self.model(images)
+        if not seen:
+            raise FinerCamError(f"the target layer {type(self.layer).__name__} did not run in the model's forward")
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise FinerCamError("the model must map images [B, 3, H, W] to logits [B, C], got "
+                                f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+        return seen[0], logits
+
+    def grid(self, act: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The target layer's output ``[N, ...]`` as a feature map ``[N, D, h, w]`` for an ``H x W`` input:
+        ``reshape_transform`` if given, else a ``[N, D, h, w]`` map as it is, or ``[N, T, D]`` ViT tokens with
+        their prefix tokens dropped."""
+        if self.reshape_transform is not None:
+            out = self.reshape_transform(act)
+            if out.ndim != 4 or out.shape[0] != act.shape[0]:
+                raise FinerCamError(f"reshape_transform gave {tuple(out.shape)}, expected [N, D, h, w]")
+            return out
+        if act.ndim == 4:
+            return act
+        if act.ndim == 3:
+            prefix, grid = token_grid(act.shape[1], tuple(size), self.num_prefix_tokens)
+            return tokens_to_grid(act, prefix, grid)
+        raise FinerCamError(f"the target layer gives {act.ndim - 1}-d outputs {tuple(act.shape[1:])}: expected a "
+                            "feature map [D, h, w] or tokens [T, D], or give reshape_transform")
+
+
+def _as_modes(modes: Sequence[str | Mode]) -> list[Mode]:
+    if isinstance(modes, str):
+        modes = [modes]
+    if all(isinstance(m, Mode) for m in modes):
+        return list(modes)
+    return parse_modes([m if isinstance(m, str) else m.spec for m in modes])
+
+
+def _linear_head(model: nn.Module) -> nn.Linear | None:
+    """The model's last linear layer where it goes by a usual name (``head``, ``fc``, ``classifier``)."""
+    for name in ("head", "fc", "classifier"):
+        layer = getattr(model, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    return None
 
 
 class FinerCAM:
     """Maps for every mode of a batch of images from one shared forward pass.
 
+    ``model`` maps images ``[B, 3, H, W]`` to logits ``[B, C]``. ``target_layer`` is one of its modules
+    whose output is a feature map ``[B, D, h, w]`` or ViT tokens ``[B, T, D]`` (``T`` = prefix tokens +
+    ``h * w`` patches; the number of prefix tokens is ``num_prefix_tokens``, else the model's own
+    ``num_prefix_tokens`` attribute, else read off the shapes). ``reshape_transform`` maps any other
+    output to ``[B, D, h, w]``, as in pytorch-grad-cam. For this project's classifiers
+    (:class:`finer_cam.models.Classifier`) ``target_layer`` may be left out: it is their own.
+
+    ``modes`` are ``NAME:ALPHA[:RANKS[:softmax]]`` strings (see :mod:`finer_cam.targets`) or :class:`Mode` objects.
     ``labels`` [B] hold class indices, or -1 where the label is unknown; with ``target="predicted"`` (or a
     -1 label) the target is the predicted class.
     """
 
-    def __init__(self, model: Classifier, modes: list[Mode], method: str = "gradcam",
-                 similarity: str = "logit-distance", precision: str = "fp32", score_batch_size: int = 64) -> None:
+    def __init__(self, model: nn.Module, target_layer: nn.Module | None = None,
+                 modes: Sequence[str | Mode] = DEFAULT_MODES, method: str = "gradcam",
+                 similarity: str = "logit-distance", precision: str = "fp32", score_batch_size: int = 64, *,
+                 num_prefix_tokens: int | None = None, reshape_transform: ReshapeTransform | None = None) -> None:
+        if isinstance(target_layer, (list, tuple)):
+            raise FinerCamError("FinerCAM(model, target_layer, modes=...): the second argument is the target layer "
+                                "(a module of the model); pass the modes by name, modes=[...]")
         if method not in METHODS:
             raise FinerCamError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
         if precision not in PRECISIONS:
             raise FinerCamError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.model = model
-        self.modes = modes
+        self.modes = _as_modes(modes)
         self.method = method
         self.similarity = similarity
         self.precision = precision
         self.score_batch_size = score_batch_size
-        self.num_refs = max_rank(modes, model.num_classes)
-        self.class_similarity = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
+        own = getattr(model, "target_layer", None) if hasattr(model, "forward_from_target") else None
+        if target_layer is None or (own is not None and target_layer is own):
+            if own is None:
+                raise FinerCamError(f"FinerCAM: name the target layer of this {type(model).__name__}, e.g. "
+                                    "model.layer4[-1] for a ResNet or model.blocks[-1].norm1 for a ViT")
+            self._split: _SplitAtTarget | _HookedTarget = _SplitAtTarget(model)
+        else:
+            if not any(m is target_layer for m in model.modules()):
+                raise FinerCamError(f"FinerCAM: the target layer {type(target_layer).__name__} is not a module of "
+                                    "the model")
+            self._split = _HookedTarget(model, target_layer, num_prefix_tokens, reshape_transform)
+        self.class_similarity = None
+        if similarity == "weight-cosine":
+            head = _linear_head(model)
+            if head is None:
+                raise FinerCamError("similarity 'weight-cosine' compares the rows of the model's last linear layer, "
+                                    "found under none of the names head, fc, classifier")
+            self.class_similarity = weight_cosine(head.weight)
 
     def choose(self, logits: torch.Tensor, labels: torch.Tensor | None,
                target: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
         """Targets ``[B]`` and references ``[B, K]`` from the logits of the plain image."""
         predicted = logits.argmax(dim=1)
         if target == "label" and labels is not None:
-            labels = labels.to(logits.device)
+            labels = torch.as_tensor(labels, device=logits.device)
             targets = torch.where(labels >= 0, labels, predicted)
         elif target in ("label", "predicted"):
             targets = predicted
@@ -143,11 +314,13 @@ class FinerCAM:
 
     def references(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The other classes ranked by ``similarity``, most similar first: ``[B, C], [B] -> [B, K]``."""
-        return rank_references(logits, targets, self.num_refs, self.similarity, self.class_similarity)
+        k = max_rank(self.modes, logits.shape[1])
+        return rank_references(logits, targets, k, self.similarity, self.class_similarity)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None, target: str = "label",
-                 aug_smooth: bool = False) -> Explanation:
-        """Explain a batch ``[B, 3, H, W]`` (H, W multiples of the patch size)."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None,
+                 target: str = "label", aug_smooth: bool = False) -> Explanation:
+        """Explain a batch ``[B, 3, H, W]`` (for ViTs, H and W multiples of the patch size): maps ``[B, M, h, w]``
+        after the ReLU, one per mode. ``labels`` None: the predicted classes are explained."""
         maps, logits, sets = self._explain_sets(
             images, lambda logits: [self.choose(logits, labels, target)], aug_smooth)
         (targets, refs), = sets
@@ -192,15 +365,13 @@ class FinerCAM:
         return total / count, logits, sets
 
     def _explain(self, images: torch.Tensor, choose_sets) -> tuple[torch.Tensor, torch.Tensor, TargetSets]:
-        model, p = self.model, self.model.patch_size
-        grid = (images.shape[-2] // p, images.shape[-1] // p)
-        with torch.no_grad(), autocast(images.device, self.precision):
-            residual, act = model.forward_to_target(images)
-        act = act.detach().requires_grad_(self.method != "scorecam")
+        size = tuple(images.shape[-2:])
+        with autocast(images.device, self.precision):
+            act, logits = self._split.run(images, track=self.method != "scorecam")
         with torch.enable_grad(), autocast(images.device, self.precision):
-            logits = model.forward_from_target(residual, act).float()
+            logits = logits.float()
             sets = choose_sets(logits.detach())
-            grid_act = tokens_to_grid(act.detach().float(), model.num_prefix_tokens, grid)
+            grid_act = self._split.grid(act.detach().float(), size)  # [B, D, h, w]
             per_set = []
             for i, (targets, refs) in enumerate(sets):
                 if self.method == "scorecam":
@@ -212,8 +383,8 @@ class FinerCAM:
                 last = i == len(sets) - 1
                 grads = torch.stack([torch.autograd.grad(o, act, retain_graph=not last or j < len(obj) - 1)[0]
                                      for j, o in enumerate(obj)])
-                grads = tokens_to_grid(grads.float(), model.num_prefix_tokens, grid)  # [M, B, D, h, w]
-                per_set.append(cam_from_gradients(self.method, grid_act, grads))
+                grads = self._split.grid(grads.flatten(0, 1).float(), size).unflatten(0, grads.shape[:2])
+                per_set.append(cam_from_gradients(self.method, grid_act, grads))  # [M, B, h, w]
         maps = torch.stack(per_set).clamp(min=0).permute(2, 0, 1, 3, 4).contiguous()  # [B, S, M, h, w]
         return maps, logits.detach(), sets
 

@@ -11,8 +11,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from dinov2 import CheckpointError
-
+from .checkpoints import CheckpointError
 from .data import MAX_PIXELS
 from .errors import FinerCamError
 from .models import BACKBONES, CLIP_POOLS, DEFAULT_MODELS

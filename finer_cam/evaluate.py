@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 
 from .cam import normalize_maps, resize_maps
-from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
+from .data import MAX_PIXELS, ImageDataset, Preprocess, check_runtime, make_loader
+from .device import resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import FinerCamError
-from .generate import check_runtime, resolve_device
 from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, read_map_file, read_run,
                  read_text, safe_relative, write_json)
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,

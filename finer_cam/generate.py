@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinov2.hub import file_sha256
+from .downloads import file_sha256
 
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
-                   decode_raw, displayed_size, find_images, make_loader, read_class_names, shape_batches)
+                   check_runtime, decode_raw, displayed_size, find_images, make_loader, read_class_names, shape_batches)
+from .device import resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, check_folder, is_special, map_names
@@ -84,17 +85,6 @@ class Summary:
                 "label_fallback": self.label_fallback}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FinerCamError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise FinerCamError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-
-
 def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str], str]:
     if cfg.class_names:
         path = Path(cfg.class_names)
@@ -103,14 +93,6 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
     else:
         path = DEFAULT_CLASS_LIST
     return read_class_names(path), str(path)
-
-
-def check_runtime(num_workers: int, max_pixels: int | None) -> None:
-    """``--num_workers`` and ``--max_pixels``, as every script that decodes images takes them."""
-    if num_workers < 0:
-        raise FinerCamError(f"--num_workers {num_workers}: expected 0 (decode in the main process) or more")
-    if max_pixels is not None and max_pixels < 0:
-        raise FinerCamError(f"--max_pixels {max_pixels}: expected a number of pixels, or 0 for no limit")
 
 
 def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: str) -> None:
@@ -204,7 +186,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
     if cfg.compile:
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
-    engine = FinerCAM(model, modes, cfg.method, cfg.similarity, cfg.precision)
+    engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=cfg.precision)
     images = find_images(cfg.dataset_path)
     run_info = {
         "dataset_root": str(images.root),

@@ -5,12 +5,15 @@ is developed on that reaches about 185 GFLOP/s on two cores, where oneDNN (shipp
 ``torch.compile``'s CPU backend uses) reaches about 340 with the weight packed once into its blocked
 layout (``python bench/bench_kernels.py``). Nearly all of a ViT's time is in these products, so frozen
 models (the backbone and head that Finer-CAM explains, or that a head is trained on) swap their
-``nn.Linear`` layers for :class:`PackedLinear` with :func:`pack_linears`.
+``nn.Linear`` layers for :class:`PackedLinear` with :func:`pack_linears`
+(:func:`finer_cam.models.freeze_and_pack` does it for the classifiers on the CPU).
 
 The swap changes no parameter and no state-dict key, and the result is the same product (max abs
 difference to MKL about 3e-6 on ViT-B-sized inputs, the usual float32 reassociation). Anything else falls
 back to ``F.linear``: other devices or dtypes, autocast, torch.compile, a weight that needs a gradient, or a
-PyTorch build without these oneDNN operators (checked once against ``F.linear`` on a small case). The packed copy
+PyTorch build without these oneDNN operators. Those operators (``torch.ops.mkldnn._reorder_linear_weight``
+and ``_linear_pointwise``) are private to PyTorch and may change or go: they are used only after
+:func:`onednn_linear_available` has checked them once against ``F.linear`` on a small case. The packed copy
 costs one more copy of each weight in memory.
 """
 
@@ -106,7 +109,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
                 or self.weight.requires_grad or x.shape[-1] != self.in_features or x.numel() == 0
-                or _autocast_on() or _compiling()):
+                or _autocast_on() or _compiling() or not onednn_linear_available()):
             return F.linear(x, self.weight, self.bias)
         return _PackedLinearFunction.apply(x.contiguous(), self)
 

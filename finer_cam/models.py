@@ -10,7 +10,6 @@ For CAMs both run in two parts, split at the target layer (the last block's firs
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from dinov2 import ARCHS, CheckpointError, load_dinov2
-from dinov2.vision_transformer import load_state_dict_file
+from dinov2 import ARCHS, load_dinov2
 
+from .checkpoints import CheckpointError, load_state_dict_file
 from .errors import FinerCamError
 from .io import is_special, read_text
 from .kernels import pack_linears
@@ -32,7 +31,6 @@ CLASS_LIST = "class_names.txt"
 BACKBONES = ("dinov2", "clip")
 DEFAULT_MODELS = {"dinov2": "dinov2_vitb14", "clip": "ViT-B/16"}  # names: see weights.py
 CLIP_POOLS = ("cls", "mean")  # CLIP's image embedding: OpenAI's class token, or the mean patch token
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Classifier(nn.Module):
@@ -54,6 +52,11 @@ class Classifier(nn.Module):
     def target_norm(self, block: nn.Module) -> nn.Module:
         """The LayerNorm whose output is the CAM target layer."""
         return block.norm1
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The module whose output is the CAM target layer (the last block's first LayerNorm)."""
+        return self.target_norm(self.backbone.blocks[-1])
 
     @property
     def num_classes(self) -> int:
@@ -177,24 +180,6 @@ def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls"
     return Classifier(backbone, head)
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str):
-    """The model's precision: ``fp32`` as it is; ``tf32`` float32 tensors whose matrix products may use
-    TF32 on CUDA (Ampere or newer; no effect elsewhere); ``bf16`` under autocast."""
-    if precision not in PRECISIONS:
-        raise FinerCamError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "tf32":
-        before = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high")
-        try:
-            yield
-        finally:
-            torch.set_float32_matmul_precision(before)
-        return
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        yield
-
-
 def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Linear:
     """A head file (state dict ``{"weight": [C, D], "bias": [C]}``, the official format) as ``nn.Linear``;
     a head with NaN or infinite weights (a diverged training) is refused."""
@@ -241,7 +226,7 @@ def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: s
         model = make_classifier(features, head, clip_pool)
     except FinerCamError as exc:  # the width check lives in Classifier; add which files disagree
         raise FinerCamError(f"{classifier_path} with {model_path}: {exc}") from None
-    return frozen(model, device)
+    return freeze_and_pack(model, device)
 
 
 def load_concept_classifier(model_path: str | Path, texts: list[str], device: str | torch.device = "cpu",
@@ -261,12 +246,13 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
         text = F.normalize(model.encode_text(tokens), dim=-1) * model.logit_scale.exp()
     head = nn.Linear(text.shape[1], text.shape[0], bias=False)
     head.weight = nn.Parameter(text)
-    return frozen(ClipClassifier(model.visual, head, clip_pool, normalize=True), device)
+    return freeze_and_pack(ClipClassifier(model.visual, head, clip_pool, normalize=True), device)
 
 
-def frozen(model: Classifier, device: str | torch.device) -> Classifier:
-    """``model`` on ``device`` in eval mode with no parameter needing a gradient; on the CPU its linear
-    layers run through oneDNN (:mod:`finer_cam.kernels`)."""
+def freeze_and_pack(model: Classifier, device: str | torch.device) -> Classifier:
+    """``model`` moved to ``device`` in eval mode with no parameter needing a gradient; on the CPU its
+    ``nn.Linear`` layers are then swapped for :class:`~finer_cam.kernels.PackedLinear` (oneDNN products with
+    packed weights, where this PyTorch build has them; the parameters and state dict stay the same)."""
     model = model.to(device).eval()
     model.requires_grad_(False)
     if torch.device(device).type == "cpu":

@@ -25,12 +25,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__
-from .data import MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, walk_images
+from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, check_runtime, keep_as_list, make_loader,
+                   walk_images)
+from .device import autocast, resolve_device
 from .errors import FinerCamError
-from .generate import check_runtime, resolve_device
 from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, json_text, write_json
-from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, autocast, backbone_shape,
-                     feature_dim, frozen, load_backbone, make_classifier)
+from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, backbone_shape,
+                     feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 from .weights import resolve_weights
 
@@ -362,7 +363,7 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, prog
     cfg = replace(cfg, model_path=str(model_file))
     backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
     num_classes = len(split.class_names)
-    model = frozen(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
+    model = freeze_and_pack(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
     is_clip = isinstance(model, ClipClassifier)
     cfg = replace(cfg, image_size=cfg.image_size or (backbone.input_resolution if is_clip else 224),
                   normalize=cfg.normalize or ("clip" if is_clip else "imagenet"))

@@ -57,7 +57,7 @@ class MeanTarget:
 def test_softmax_mode_matches_pytorch_grad_cam_finercam(size, registers):
     model = with_grad(tiny_classifier(registers=registers))
     x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(1))
-    engine = FinerCAM(model, parse_modes(["w:0.6:1,2,3:softmax", "w1:1:1:softmax"]))
+    engine = FinerCAM(model, modes=parse_modes(["w:0.6:1,2,3:softmax", "w1:1:1:softmax"]))
     ours, res = ours_at_input(engine, x, target="predicted")
     for i, (alpha, cats) in enumerate([(0.6, [1, 2, 3]), (1.0, [1])]):
         with GCFinerCAM(model, [model.backbone.blocks[-1].norm1], reshape_transform(model, size)) as cam:
@@ -65,14 +65,15 @@ def test_softmax_mode_matches_pytorch_grad_cam_finercam(size, registers):
         assert np.abs(ours[:, i] - want).max() < TOL
 
 
-@pytest.mark.parametrize("method", sorted(ORACLES))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "scorecam" else m
+                                    for m in sorted(ORACLES)])
 def test_mean_modes_match_pytorch_grad_cam(method):
     model = with_grad(tiny_classifier(embed_dim=64 if method != "scorecam" else 32, depth=2))
     size = (112, 84)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([3, -1])  # the second image has no known label: its prediction is the target
     specs = ["baseline:0", "finer:0.6:1,2,3", "compare:1:1", "far:0.5:2,5"]
-    engine = FinerCAM(model, parse_modes(specs), method=method, score_batch_size=16)
+    engine = FinerCAM(model, modes=parse_modes(specs), method=method, score_batch_size=16)
     ours, res = ours_at_input(engine, x, labels=labels)
     with torch.no_grad():
         logits = model(x).numpy()
@@ -90,7 +91,7 @@ def test_mean_modes_match_pytorch_grad_cam(method):
 
 def test_alpha_zero_is_plain_gradcam_of_the_target(classifier):
     x = torch.randn(2, 3, 224, 224)
-    engine = FinerCAM(classifier, parse_modes(["baseline:0", "finer:0.6:1,2,3"]))
+    engine = FinerCAM(classifier, modes=parse_modes(["baseline:0", "finer:0.6:1,2,3"]))
     ours, res = ours_at_input(engine, x, target="predicted")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     with GradCAM(with_grad(classifier), [classifier.backbone.blocks[-1].norm1],
@@ -121,7 +122,7 @@ def test_mean_mode_matches_torchcam_finercam():
 
     oracle = GridModel(model)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
-    engine = FinerCAM(model, parse_modes(["finer:0.6:1,2,3"]))
+    engine = FinerCAM(model, modes=parse_modes(["finer:0.6:1,2,3"]))
     res = engine(x, target="predicted")
     with TCFinerCAM(oracle, "grid", input_shape=(3, 224, 224), gamma=0.6, num_references=3) as cam:
         scores = oracle(x)
@@ -135,20 +136,20 @@ def test_one_forward_pass_per_batch_whatever_the_number_of_modes(classifier):
     x = torch.randn(5, 3, 98, 70)
     for specs in (["baseline:0"], ["a:0", "b:0.6:1,2,3", "c:1:1", "d:0.3:2:softmax", "e:2:4,5"]):
         calls.clear()
-        FinerCAM(classifier, parse_modes(specs))(x)
+        FinerCAM(classifier, modes=parse_modes(specs))(x)
         assert len(calls) == 1
     hook.remove()
 
 
 def test_backbone_parameters_never_get_gradients(classifier):
-    FinerCAM(classifier, parse_modes(["a:0", "b:1:1"]))(torch.randn(2, 3, 56, 56))
+    FinerCAM(classifier, modes=parse_modes(["a:0", "b:1:1"]))(torch.randn(2, 3, 56, 56))
     assert all(p.grad is None and not p.requires_grad for p in classifier.parameters())
 
 
 def test_two_class_head_falls_back_to_the_target_logit():
     model = tiny_classifier(num_classes=2)
     x = torch.randn(2, 3, 56, 56)
-    res = FinerCAM(model, parse_modes(["baseline:0", "far:0.6:2,3", "near:1:1,2"]))(x)
+    res = FinerCAM(model, modes=parse_modes(["baseline:0", "far:0.6:2,3", "near:1:1,2"]))(x)
     assert res.references.shape == (2, 1)
     assert torch.allclose(res.maps[:, 0], res.maps[:, 1])  # ranks 2, 3 do not exist: target logit only
     assert not torch.allclose(res.maps[:, 0], res.maps[:, 2])
@@ -157,15 +158,15 @@ def test_two_class_head_falls_back_to_the_target_logit():
 def test_bf16_stays_close_to_fp32(classifier):
     x = torch.randn(2, 3, 112, 112)
     modes = parse_modes(["baseline:0", "finer:0.6:1,2,3"])
-    a = FinerCAM(classifier, modes)(x).maps
-    b = FinerCAM(classifier, modes, precision="bf16")(x).maps
+    a = FinerCAM(classifier, modes=modes)(x).maps
+    b = FinerCAM(classifier, modes=modes, precision="bf16")(x).maps
     corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
     assert corr > 0.9
 
 
 def test_aug_smooth_averages_the_deaugmented_views_with_fixed_references(classifier):
     x = torch.randn(2, 3, 56, 84)
-    engine = FinerCAM(classifier, parse_modes(["baseline:0", "finer:0.6:1,2,3"]))
+    engine = FinerCAM(classifier, modes=parse_modes(["baseline:0", "finer:0.6:1,2,3"]))
     smooth = engine(x, target="predicted", aug_smooth=True)
     plain = engine(x, target="predicted")
     assert torch.equal(smooth.references, plain.references)
@@ -179,19 +180,39 @@ def test_aug_smooth_averages_the_deaugmented_views_with_fixed_references(classif
     assert not torch.allclose(smooth.maps, plain.maps, atol=1e-3 * plain.maps.max().item())
 
 
-def test_tf32_is_float32_with_tf32_products_allowed_only_inside(classifier):
+def test_tf32_covers_the_whole_forward_and_is_undone_after_it_even_on_errors(classifier, request):
+    """On every device: TF32 products are allowed exactly while the model runs (both parts), not otherwise."""
+    request.addfinalizer(lambda before=torch.get_float32_matmul_precision(): torch.set_float32_matmul_precision(before))
+    torch.set_float32_matmul_precision("highest")  # PyTorch's default; a test leaving "high" would hide a leak
     seen = []
-    real = classifier.forward_from_target
-
-    def spy(*a):
-        seen.append(torch.get_float32_matmul_precision())
-        return real(*a)
-
-    classifier.forward_from_target = spy
-    before = torch.get_float32_matmul_precision()
+    for name in ("forward_to_target", "forward_from_target"):
+        real = getattr(classifier, name)
+        setattr(classifier, name, lambda *a, real=real, name=name: seen.append(
+            (name, torch.get_float32_matmul_precision())) or real(*a))
     x = torch.randn(2, 3, 56, 56)
     modes = parse_modes(["baseline:0", "finer:0.6:1,2,3"])
-    got = FinerCAM(classifier, modes, precision="tf32")(x, target="predicted")
-    want = FinerCAM(classifier, modes)(x, target="predicted")
-    assert seen[0] == "high" and torch.get_float32_matmul_precision() == before
-    assert got.maps.dtype == torch.float32 and torch.allclose(got.maps, want.maps)  # no TF32 on a CPU
+    got = FinerCAM(classifier, modes=modes, precision="tf32")(x, target="predicted")
+    assert seen == [("forward_to_target", "high"), ("forward_from_target", "high")]
+    assert torch.get_float32_matmul_precision() == "highest" and got.maps.dtype == torch.float32
+    seen.clear()
+    FinerCAM(classifier, modes=modes)(x)
+    assert [p for _, p in seen] == ["highest", "highest"]
+
+    def broken(*a):
+        raise RuntimeError("out of memory")
+
+    classifier.forward_from_target = broken
+    with pytest.raises(RuntimeError, match="out of memory"):
+        FinerCAM(classifier, modes=modes, precision="tf32")(x)
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 products exist on CUDA only")
+def test_tf32_maps_on_cuda_stay_close_to_fp32(classifier):
+    model = classifier.cuda()
+    x = torch.randn(4, 3, 112, 112, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    modes = parse_modes(["baseline:0", "finer:0.6:1,2,3"])
+    a = FinerCAM(model, modes=modes)(x, target="predicted")
+    b = FinerCAM(model, modes=modes, precision="tf32")(x, target="predicted")
+    assert torch.equal(a.targets, b.targets)
+    assert (normalize_maps(a.maps) - normalize_maps(b.maps)).abs().max() < 0.05  # TF32 keeps 10 mantissa bits

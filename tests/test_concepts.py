@@ -46,8 +46,8 @@ def reshape(size, patch=16):
     return fn
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
-@pytest.mark.parametrize("compare_with", [None, ["bird"]])
+@pytest.mark.parametrize("pool", ["cls", pytest.param("mean", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("compare_with", [None, pytest.param(["bird"], marks=pytest.mark.slow)])
 def test_concept_maps_equal_pytorch_grad_cams_on_the_same_objective(clip_file, pool, compare_with):
     concepts = ConceptSet.from_flags(CONCEPTS, None, compare_with, "a photo of a bird with {}.")
     model = load_concept_classifier(clip_file, concepts.texts, "cpu", pool).requires_grad_(True)
@@ -55,7 +55,7 @@ def test_concept_maps_equal_pytorch_grad_cams_on_the_same_objective(clip_file, p
     size = (64, 96)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3))
     modes = parse_modes(["baseline:0", "finer:0.6:1,2,3", "compare:1:1"])
-    got = FinerCAM(model, modes).explain_concepts(x, len(CONCEPTS), concepts.fixed_references)
+    got = FinerCAM(model, modes=modes).explain_concepts(x, len(CONCEPTS), concepts.fixed_references)
     assert got.maps.shape == (2, len(CONCEPTS), 3, 4, 6)
     ours = normalize_maps(resize_maps(got.maps, size)).numpy()
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_all_concepts_and_modes_share_one_forward(clip_file):
     model = load_concept_classifier(clip_file, concepts.texts, "cpu")
     calls = []
     model.backbone.blocks[0].register_forward_hook(lambda *a: calls.append(1))
-    FinerCAM(model, parse_modes(["baseline:0", "finer:0.6:1,2,3"])).explain_concepts(torch.randn(3, 3, 64, 64), 4)
+    FinerCAM(model, modes=parse_modes(["baseline:0", "finer:0.6:1,2,3"])).explain_concepts(torch.randn(3, 3, 64, 64), 4)
     assert len(calls) == 1
 
 
@@ -174,10 +174,11 @@ def test_concept_set_rejects_an_empty_concept():
         ConceptSet.from_flags(["a", "  "], None, None, None)
 
 
+@pytest.mark.slow
 def test_aug_smooth_averages_concept_maps_over_the_views_with_fixed_references(clip_file):
     concepts = ConceptSet.from_flags(CONCEPTS[:3], None, None, None)
     model = load_concept_classifier(clip_file, concepts.texts, "cpu")
-    engine = FinerCAM(model, parse_modes(["baseline:0", "finer:0.6:1,2"]))
+    engine = FinerCAM(model, modes=parse_modes(["baseline:0", "finer:0.6:1,2"]))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     plain, smooth = engine.explain_concepts(x, 3), engine.explain_concepts(x, 3, aug_smooth=True)
     assert torch.equal(plain.references, smooth.references) and smooth.maps.shape == plain.maps.shape

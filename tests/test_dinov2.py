@@ -27,6 +27,7 @@ def random_model(seed: int = 0, **cfg) -> DinoVisionTransformer:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ffn", ["mlp", "swiglufused"])
 def test_matches_official_dinov2(tmp_path, ffn):
     if not (ORACLE_DIR / "dinov2" / "models" / "vision_transformer.py").exists():

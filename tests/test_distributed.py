@@ -58,6 +58,7 @@ def assert_equal_runs(out: Path, reference: Path, skipped: int = 0) -> None:
     assert not list(out.glob("index.rank*.jsonl")) and not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_two_processes_write_what_one_process_writes(world):
     done = torchrun(world, world / "two")
     assert done.returncode != 0  # the unreadable image: status 1 on rank 0
@@ -65,6 +66,7 @@ def test_two_processes_write_what_one_process_writes(world):
     assert_equal_runs(world / "two", world / "single")
 
 
+@pytest.mark.slow
 def test_a_killed_multi_process_run_resumes_per_shard(world, tmp_path):
     """What a killed 2-rank run leaves: each rank's index file (one torn line) and some maps; the rerun
     folds both in, redoes the rest, and ends as the single-process run."""
@@ -92,6 +94,7 @@ def test_ranks_shard_disjointly_and_completely():
     assert sorted(sum(shards, [])) == items and all(len(s) in (5, 6) for s in shards)
 
 
+@pytest.mark.slow
 def test_evaluate_over_two_processes_gives_the_single_process_tables(world):
     import csv
 

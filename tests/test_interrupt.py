@@ -69,6 +69,7 @@ def assert_same_as_reference(out: Path, reference: Path) -> None:
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(setup, tmp_path, seed):
     tmp, reference = setup
@@ -88,6 +89,7 @@ def test_sigkill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(setup
     assert_same_as_reference(out, reference)
 
 
+@pytest.mark.slow
 def test_sigint_stops_after_the_current_batch_and_says_so(setup, tmp_path):
     tmp, reference = setup
     out = tmp_path / "out"
@@ -104,6 +106,7 @@ def test_sigint_stops_after_the_current_batch_and_says_so(setup, tmp_path):
     assert_same_as_reference(out, reference)
 
 
+@pytest.mark.slow
 def test_a_stale_temporary_file_is_removed_by_the_rerun(setup, tmp_path):
     tmp, reference = setup
     out = tmp_path / "out"
@@ -114,6 +117,7 @@ def test_a_stale_temporary_file_is_removed_by_the_rerun(setup, tmp_path):
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_visualize_and_evaluate_stop_at_the_next_safe_point(setup, tmp_path):
     from finer_cam.evaluate import EvaluateConfig, run_evaluate
     from finer_cam.progress import Interrupted, StopRequest

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from conftest import tiny_classifier
 
 from finer_cam.cam import FinerCAM
+from finer_cam import kernels
 from finer_cam.kernels import PackedLinear, onednn_linear_available, pack_linears
-from finer_cam.models import frozen
+from finer_cam.models import freeze_and_pack
 from finer_cam.targets import parse_modes
 
-pytestmark = pytest.mark.skipif(not onednn_linear_available(), reason="this PyTorch build lacks oneDNN linear ops")
+needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this PyTorch build lacks oneDNN linear ops")
 GEN = torch.Generator().manual_seed(0)
 
 
@@ -21,6 +22,7 @@ def packed(in_features=48, out_features=40, bias=True):
     return plain, PackedLinear.from_linear(plain)
 
 
+@needs_onednn
 @pytest.mark.parametrize("shape", [(7, 48), (3, 11, 48), (1, 48)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_product_equals_f_linear(shape, bias):
@@ -31,6 +33,7 @@ def test_product_equals_f_linear(shape, bias):
     assert layer(x[..., ::2].repeat_interleave(2, -1)).shape == plain(x).shape  # non-contiguous input
 
 
+@needs_onednn
 def test_input_gradient_equals_f_linear():
     plain, layer = packed()
     x = torch.randn(2, 5, 48, generator=GEN, requires_grad=True)
@@ -40,6 +43,7 @@ def test_input_gradient_equals_f_linear():
     assert torch.allclose(got, want, atol=1e-5)
 
 
+@needs_onednn
 def test_repacks_when_the_weight_changes():
     plain, layer = packed()
     x = torch.randn(4, 48, generator=GEN)
@@ -50,6 +54,7 @@ def test_repacks_when_the_weight_changes():
     assert torch.allclose(after, F.linear(x, layer.weight, layer.bias), atol=1e-5)
 
 
+@needs_onednn
 def test_falls_back_where_it_cannot_help():
     plain, layer = packed()
     x = torch.randn(4, 48, generator=GEN)
@@ -61,6 +66,7 @@ def test_falls_back_where_it_cannot_help():
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
+@needs_onednn
 def test_pack_linears_keeps_parameters_and_outputs():
     model = tiny_classifier()
     x = torch.randn(2, 3, 56, 42, generator=GEN)
@@ -75,23 +81,60 @@ def test_pack_linears_keeps_parameters_and_outputs():
         assert torch.allclose(model(x), want, atol=1e-5)
 
 
+@needs_onednn
 def test_finer_cam_maps_of_the_packed_model_equal_the_plain_ones():
     """The tail's backward runs through the packed transposed weights: the maps must not move."""
-    plain, fast = tiny_classifier(), frozen(tiny_classifier(), "cpu")
+    plain, fast = tiny_classifier(), freeze_and_pack(tiny_classifier(), "cpu")
     assert isinstance(fast.backbone.blocks[-1].mlp.fc2, PackedLinear)
     x = torch.randn(3, 3, 70, 56, generator=GEN)
     modes = parse_modes(["baseline:0", "finer:0.6:1,2,3", "compare:1:1"])
-    got, want = FinerCAM(fast, modes)(x, target="predicted"), FinerCAM(plain, modes)(x, target="predicted")
+    got, want = FinerCAM(fast, modes=modes)(x, target="predicted"), FinerCAM(plain, modes=modes)(x, target="predicted")
     assert torch.equal(got.references, want.references)
     scale = want.maps.abs().amax()
     assert (got.maps - want.maps).abs().max() <= 1e-4 * scale
 
 
+@pytest.mark.slow
+@needs_onednn
 def test_torch_compile_runs_the_packed_model_with_its_own_kernels():
     """Inductor cannot take a pre-packed weight: under torch.compile PackedLinear is a plain linear layer."""
-    model = frozen(tiny_classifier(depth=2), "cpu")
+    model = freeze_and_pack(tiny_classifier(depth=2), "cpu")
     x = torch.randn(2, 3, 56, 56, generator=GEN)
     with torch.no_grad():
         want = model.forward_to_target(x)[1]
         got = torch.compile(model.forward_to_target)(x)[1]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_without_the_private_operators_nothing_is_swapped_and_packed_layers_use_f_linear(monkeypatch):
+    monkeypatch.setattr(kernels, "onednn_linear_available", lambda: False)
+    model = tiny_classifier(depth=1)
+    assert pack_linears(model) == 0 and not any(isinstance(m, PackedLinear) for m in model.modules())
+    layer = PackedLinear(48, 40)  # built directly: it must not reach the operators either
+    called = []
+    monkeypatch.setattr(kernels, "_packed_product", lambda *a: called.append(1))
+    x = torch.randn(3, 48, generator=GEN)
+    with torch.no_grad():
+        assert torch.equal(layer.requires_grad_(False)(x), F.linear(x, layer.weight, layer.bias)) and not called
+
+
+@pytest.mark.parametrize("broken", ["none", "missing", "raises", "wrong"])
+def test_the_capability_check_refuses_operators_that_are_missing_or_wrong(monkeypatch, broken):
+    class Ops:  # stands in for torch.ops.mkldnn
+        def _reorder_linear_weight(self, w, rows):
+            if broken == "raises":
+                raise RuntimeError("no oneDNN kernel for this op")
+            return w
+
+        def _linear_pointwise(self, x, w, b, *args):
+            return F.linear(x, w, b) + (1.0 if broken == "wrong" else 0.0)
+
+    class Namespace:
+        mkldnn = object() if broken == "missing" else Ops()
+
+    monkeypatch.setattr(torch, "ops", Namespace())
+    onednn_linear_available.cache_clear()
+    try:
+        assert onednn_linear_available() is (broken == "none")
+    finally:
+        onednn_linear_available.cache_clear()

@@ -163,6 +163,7 @@ def test_map_names_stay_within_the_file_name_limit():
     assert all(len(Path(n).name.encode()) <= 251 for n in names.values())
 
 
+@pytest.mark.slow
 def test_the_hostile_folder_loses_nothing_in_any_cli():
     """bench/hostile_folder.py: every CLI on a data set mixing all of the above; it fails if a decodable
     image was not explained, drawn or evaluated."""

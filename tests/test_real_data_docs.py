@@ -25,6 +25,7 @@ import prepare_dataset
 import train_classifier
 import visualize
 from dinov2 import DinoVisionTransformer, ViTConfig, hub
+from finer_cam import downloads
 from finer_cam import weights
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "real_data.md"
@@ -61,7 +62,7 @@ def scratch(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv(hub.DINOV2_URL_ENV, server.url + "/dinov2")
     monkeypatch.setenv(clip.CLIP_URL_ENV, server.url + "/clip")
-    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(downloads.OFFLINE_ENV, raising=False)
     monkeypatch.setattr(weights, "LOCAL", {"dinov2": tmp_path / "none", "clip": tmp_path / "none"})
     torch.manual_seed(0)
     vit = DinoVisionTransformer(ViTConfig(embed_dim=768, depth=1, num_heads=12))

@@ -59,6 +59,7 @@ def test_write_dataset_layout_and_rerun(tmp_path):
     assert not write_dataset(root, ToyConfig(train_per_class=2, test_per_class=1), workers=1)  # already there
 
 
+@pytest.mark.slow
 def test_shipped_backbone_loads_and_classifies_the_toy_world(tmp_path):
     weights = REPO / DEFAULT_WEIGHTS
     assert weights.stat().st_size < 8 * 2**20  # a few MB
@@ -74,6 +75,7 @@ def test_shipped_backbone_loads_and_classifies_the_toy_world(tmp_path):
     assert accuracy > 0.6  # chance is 1/16
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_reduced_size(tmp_path):
     lines = []
     paths = run_demo(out=tmp_path / "demo", data=tmp_path / "toy", toy=SMALL, steps=4, workers=1, log=lines.append)

@@ -102,6 +102,7 @@ def test_feature_cache_runs_the_backbone_once_per_image(tmp_path, backbone, monk
                        load_head(tmp_path / "b" / "last_classifier.pth").weight)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_head(tmp_path, backbone, monkeypatch):
     data = make_data(tmp_path / "data", train=4, test=2)
     assert train(backbone, data, tmp_path / "straight", "--epochs", "6") == 0
@@ -194,6 +195,7 @@ def test_usage_errors_are_one_line(tmp_path, backbone, capsys, problem):
             "bad_flag": "--epochs"}[problem] in err[0]
 
 
+@pytest.mark.slow
 def test_augment_trains_with_the_backbone_in_the_loop(tmp_path, backbone, monkeypatch):
     data = make_data(tmp_path / "data", train=4, test=2)
     seen = []
@@ -223,6 +225,7 @@ def test_bf16_features(tmp_path, backbone):
     assert side["training"]["precision"] == "bf16" and side["accuracy"]["best"] >= 0.5
 
 
+@pytest.mark.slow
 def test_clip_backbone_head_trains_and_explains(tmp_path, backbone, capsys):
     from conftest import tiny_clip, torchscript_archive
 
@@ -255,6 +258,7 @@ def test_clip_backbone_head_trains_and_explains(tmp_path, backbone, capsys):
                               "--num_workers", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_epoch_saves_its_state_and_resume_completes(tmp_path, backbone, monkeypatch, capsys):
     import os
     import signal

@@ -20,6 +20,7 @@ import clip
 import generate_cam
 import train_classifier
 from dinov2 import CheckpointError, hub
+from finer_cam import downloads
 from finer_cam import weights
 from finer_cam.errors import FinerCamError
 
@@ -75,7 +76,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv(hub.DINOV2_URL_ENV, server.url + "/dinov2")
     monkeypatch.setenv(clip.CLIP_URL_ENV, server.url + "/clip")
-    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(downloads.OFFLINE_ENV, raising=False)
     monkeypatch.setattr(weights, "LOCAL", {"dinov2": tmp_path / "none", "clip": tmp_path / "none"})
     model = save_tiny_classifier(tmp_path, num_classes=4)
     (tmp_path / "class_names.txt").write_text("a\nb\nc\nd\n")
@@ -162,7 +163,7 @@ def test_an_explicit_path_is_never_downloaded_over(env, capsys):
 def test_offline_names_the_file_the_url_and_where_to_put_it(env, capsys, monkeypatch, how):
     tmp_path, server, _ = env
     if how == "environment":
-        monkeypatch.setenv(hub.OFFLINE_ENV, "1")
+        monkeypatch.setenv(downloads.OFFLINE_ENV, "1")
     assert generate(tmp_path, *(["--offline"] if how == "flag" else [])) == 2
     line = one_line_error(capsys)
     assert server.url + DINO_PATH in line and str(cache(tmp_path) / "dinov2_vitb14_pretrain.pth") in line
@@ -185,7 +186,7 @@ def no_dns(monkeypatch):
 def disk_full(monkeypatch):
     def full(out, chunk):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(hub, "_write", full)
+    monkeypatch.setattr(downloads, "_write", full)
 
 
 def unwritable(monkeypatch, tmp_path):
@@ -194,12 +195,12 @@ def unwritable(monkeypatch, tmp_path):
     if os.access(cache(tmp_path), os.W_OK):  # root writes anyway: refuse the file as the kernel would
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied")
-        monkeypatch.setattr(hub.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(downloads.tempfile, "mkstemp", refuse)
 
 
 def little_space(monkeypatch):
-    real = hub.shutil.disk_usage
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    real = downloads.shutil.disk_usage
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
 
 
 FAILURES = {
@@ -272,11 +273,11 @@ def test_generate_and_train_take_clip_names(env):
 def test_file_sha256_is_kept_beside_the_file_while_size_and_mtime_hold(tmp_path):
     f = tmp_path / "w.pth"
     f.write_bytes(b"abc" * 1000)
-    assert hub.file_sha256(f) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert downloads.file_sha256(f) == hashlib.sha256(b"abc" * 1000).hexdigest()
     assert json.loads((tmp_path / "w.pth.sha256.json").read_text())["size"] == 3000
     f.write_bytes(b"abd" * 1000)
     os.utime(f, ns=(1, 1))
-    assert hub.file_sha256(f) == hashlib.sha256(b"abd" * 1000).hexdigest()
+    assert downloads.file_sha256(f) == hashlib.sha256(b"abd" * 1000).hexdigest()
 
 
 def test_unknown_name_lists_the_names(env):
@@ -292,7 +293,7 @@ def test_an_interrupted_download_leaves_nothing_and_a_killed_ones_leftover_is_cl
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(hub, "_write", interrupt)
+        m.setattr(downloads, "_write", interrupt)
         with pytest.raises(KeyboardInterrupt):
             weights.resolve_weights("dinov2_vitb14")
     assert list(cache(tmp_path).iterdir()) == []
