@@ -85,3 +85,16 @@ def test_documented_command(page, command):
             module.build_parser().parse_args(argv)
         except SystemExit as exc:  # argparse refused the documented flags
             pytest.fail(f"{page.relative_to(ROOT)}: `{command}` is refused by {script.name} ({argv}): exit {exc.code}")
+
+
+def test_readme_python_example_runs():
+    """The README's Python example, run as it is shown (its own imports, random weights)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "the README shows no Python example"
+    for code in blocks:
+        namespace: dict = {"__name__": "readme_example"}
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
+        out = namespace["out"]
+        assert out.maps.shape == (2, 2, 7, 7)
+        assert namespace["heat"].shape == (2, 2, 224, 224)
