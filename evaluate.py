@@ -9,7 +9,7 @@ import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, add_max_pixels_argument, main_guard, setup_logging,
                            tqdm_bar)
-from finer_cam.evaluate import FILLS, EvaluateConfig, format_table, run_evaluate
+from finer_cam.evaluate import FILLS, MASK_FORMATS, EvaluateConfig, format_table, run_evaluate
 from finer_cam.progress import StopRequest
 
 PROG = "evaluate.py"
@@ -37,9 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="steps of the deletion/insertion curves (0: no curves)")
     gt = p.add_mutually_exclusive_group()
     gt.add_argument("--masks", default=None, metavar="DIR",
-                    help="ground-truth masks: DIR/<image path>.png (the toy layout: 255 part, 128 object; else non-zero)")
+                    help="ground-truth masks: DIR/<image path>.png, encoded as --mask_format says")
     gt.add_argument("--boxes", default=None, metavar="CSV",
                     help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
+    p.add_argument("--mask_format", choices=MASK_FORMATS, default="auto",
+                   help="binary: the object where the pixel is >= 128; levels: 0 background, 128 object, 255 part; "
+                        "labels: a label map named by DIR/labels.json ({\"background\": 0, \"regions\": {name: "
+                        "value}, \"parts\": [names]}); auto: labels when DIR/labels.json exists, else binary")
+    p.add_argument("--attributes", default=None, metavar="JSON",
+                   help="each class's look of each region, {\"classes\": {class name: {region: look}}}, with "
+                        "label-map masks: adds energy_difference and pointing_difference, the map inside the "
+                        "regions where the target looks different from the mode's reference classes")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (in path order)")
     add_max_pixels_argument(p)
     p.add_argument("--batch_size", type=int, default=64, help="images (masked variants) per forward pass")
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result))
         print(f"{PROG}: {result.images} images evaluated; tables and figures in {cfg.out}", file=sys.stderr)
         if result.failed:
-            print(f"{PROG}: {result.failed} images skipped (missing or unreadable image or maps)", file=sys.stderr)
+            print(f"{PROG}: {result.failed} images skipped (missing or unreadable image, maps or mask)", file=sys.stderr)
             return EXIT_FAILED_ITEMS
         return EXIT_OK
 
