@@ -33,7 +33,7 @@ def _run(argv: list[str], log) -> None:
 
 def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, weights: str | Path = DEFAULT_WEIGHTS,
              toy: ToyConfig = ToyConfig(), overlays: int = 16, steps: int = 10, workers: int = 2, log=print,
-             probe_images: int = 400) -> dict:
+             probe_images: int = 100) -> dict:
     """Run the pipeline; returns the paths of what it wrote."""
     out, data, weights = (Path(p).resolve() for p in (out, data, weights))
     if not weights.is_file():

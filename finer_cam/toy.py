@@ -252,17 +252,24 @@ def _write_class(args: tuple[ToyConfig, str, str, int]) -> list[dict]:
 def write_dataset(root: str | Path, cfg: ToyConfig = ToyConfig(), workers: int = 2, overwrite: bool = False) -> bool:
     """Write the toy data set under ``root`` (see the module docstring); False when it is already there.
 
-    ``toy.json`` is written last, so a data set whose generation was interrupted is generated again.
+    ``toy.json`` is written last, so a data set whose generation was interrupted is generated again. A toy
+    data set written with other settings (``toy.json`` there) is removed first, so that no image of it stays.
     """
+    import shutil
+
     root = Path(root)
     settings = {**asdict(cfg), "groups": list(cfg.groups), "siblings": list(cfg.siblings), "format": 2}
     marker = root / "toy.json"
-    if marker.is_file() and not overwrite:
+    if marker.is_file():
         try:
-            if json.loads(marker.read_text(encoding="utf-8")) == settings:
-                return False
+            same = json.loads(marker.read_text(encoding="utf-8")) == settings
         except ValueError:
-            pass
+            same = False
+        if same and not overwrite:
+            return False
+        marker.unlink()
+        for sub in ("train", "test", "masks", "attributes"):
+            shutil.rmtree(root / sub, ignore_errors=True)
     jobs = [(cfg, str(root), split, c) for split in ("train", "test") for c in range(len(cfg.class_names))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -443,7 +450,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 8, batch_siz
 # ----------------------------------------------------------------------------------------- premise checks
 
 def premise_checks(root: str | Path, weights: str | Path, head: str | Path, device: str = "cpu",
-                   probe_images: int = 400, batch_size: int = 64) -> dict:
+                   probe_images: int = 100, batch_size: int = 64) -> dict:
     """Whether the toy world and its backbone have the properties Finer-CAM assumes, measured on the test
     split with a trained head (``train_classifier.py``'s ``best_classifier.pth``):
 
@@ -457,6 +464,8 @@ def premise_checks(root: str | Path, weights: str | Path, head: str | Path, devi
     """
     import torch
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from .data import NORMALIZATIONS
     from .models import load_classifier
@@ -495,7 +504,7 @@ def premise_checks(root: str | Path, weights: str | Path, head: str | Path, devi
 
     a, la = probe_data(tok_train, m_train[pick], [rows_train[i] for i in pick])
     b, lb = probe_data(tok_test, m_test, rows_test)
-    probe = LogisticRegression(max_iter=300, class_weight="balanced").fit(a, la)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced")).fit(a, la)
     guess = probe.predict(b)
     recalls = [float((guess[lb == c] == c).mean()) for c in np.unique(lb)]
     class_of = {n: i for i, n in enumerate(names)}
@@ -552,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--weights", default=DEFAULT_WEIGHTS, help="the toy backbone")
     pr.add_argument("--head", required=True, help="the head train_classifier.py wrote (best_classifier.pth)")
     pr.add_argument("--out", default=None, help="JSON file to write (default: print only)")
-    pr.add_argument("--probe_images", type=int, default=400, help="training images the locality probe is fitted on")
+    pr.add_argument("--probe_images", type=int, default=100, help="training images the locality probe is fitted on")
     args = p.parse_args(argv)
     setup_logging()
 

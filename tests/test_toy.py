@@ -127,6 +127,9 @@ def test_write_dataset_layout_and_rerun(tmp_path):
         labels = read_mask(root / "masks" / "test" / image.parent.name / image.name)
         assert labels.shape == (224, 224) and (labels == REGIONS["badge"]).any()
     assert not write_dataset(root, cfg, workers=1)  # already there
+    assert write_dataset(root, ToyConfig(train_per_class=2, test_per_class=1), workers=1)  # other settings
+    assert len(list((root / "train").rglob("*.png"))) == 32 and len(list((root / "test").rglob("*.png"))) == 16
+    assert write_dataset(root, cfg, workers=1) and len(list((root / "train").rglob("*.png"))) == 16  # none left over
 
 
 def test_the_toy_commands_run(tmp_path):
