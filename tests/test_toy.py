@@ -148,6 +148,10 @@ def test_the_toy_commands_run(tmp_path):
                "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(out), "--workers", "1")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["train_images"] == 32
+    again = tmp_path / "again.pth"
+    done = run("backbone", "--root", str(root), "--train_per_class", "2", "--test_per_class", "1",
+               "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(again), "--workers", "1")
+    assert done.returncode == 0 and again.read_bytes() == out.read_bytes()  # the same file, bit for bit
     backbone = load_dinov2(str(out), arch="vit_toy")
     assert backbone.embed_dim == 128 and backbone.patch_embed.proj.weight.shape[-1] == 14
     done = run("premise", "--root", str(root), "--head", str(tmp_path / "nothing.pth"))
