@@ -348,8 +348,8 @@ def patch_labels(shares: np.ndarray, states: np.ndarray, names: list[str]) -> np
     return np.where(shares.max(-1) >= 0.5, label, -1)
 
 
-def train_backbone(root: str | Path, out: str | Path, epochs: int = 8, batch_size: int = 32, lr: float = 1e-3,
-                   seed: int = 0, threads: int = 2, image_parts: float = 0.0, limit: int | None = None,
+def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_size: int = 16, lr: float = 1e-3,
+                   seed: int = 0, threads: int = 2, image_parts: float = 1.0, limit: int | None = None,
                    progress=None) -> dict:
     """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split and save it in the
     official checkpoint layout. Returns what was measured (seconds, images, final loss).
@@ -358,7 +358,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 8, batch_siz
     patch shows: how much of it is background, body, wheels, badge, light and roof box, and, on a part, that
     part's look (silver or gold rims, ...); on the car, which body it belongs to. From the pooled features
     (the mean of the normalised patch tokens, what the classifier reads) it names the body type and colour,
-    and, weighted by ``image_parts`` (0 by default), the look of each part. Such features keep visual
+    and, weighted by ``image_parts``, the look of each part. Such features keep visual
     similarity, as DINOv2's self-supervised ones do: siblings, which differ in one or two parts, stay close.
     ``limit`` trains on the first images only (tests).
     """
@@ -549,10 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--workers", type=int, default=2, help="processes drawing images")
     d.add_argument("--overwrite", action="store_true", help="write it again even when it is there")
     b.add_argument("--out", default=DEFAULT_WEIGHTS, help="the checkpoint to write (official DINOv2 layout)")
-    b.add_argument("--epochs", type=int, default=8)
-    b.add_argument("--batch_size", type=int, default=32)
+    b.add_argument("--epochs", type=int, default=4)
+    b.add_argument("--batch_size", type=int, default=16)
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--image_parts", type=float, default=0.0,
+    b.add_argument("--image_parts", type=float, default=1.0,
                    help="weight of the image-level target 'the look of each part' on the pooled features; 0 "
                         "leaves the parts' looks to their own tokens")
     pr = sub.add_parser("premise", help="measure the premise checks (locality probe, head accuracy, look-alike "
