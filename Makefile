@@ -26,6 +26,6 @@ bench: test-deps
 demo: install
 	$(PYTHON) -m finer_cam.demo
 
-# retrain the shipped toy backbone (about 2 minutes on 2 CPU cores)
+# retrain the shipped toy backbone (bit for bit; see pretrained_models/toy/README.md for the flags and the time)
 toy-backbone: install
 	$(PYTHON) -m finer_cam.toy backbone

@@ -11,7 +11,7 @@ import sys
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
                            add_max_pixels_argument, main_guard, setup_logging,
                            tqdm_bar)
-from finer_cam.evaluate import FILLS, EvaluateConfig, format_table, run_evaluate
+from finer_cam.evaluate import FILLS, MASK_FORMATS, EvaluateConfig, format_table, run_evaluate
 from finer_cam.progress import StopRequest
 
 PROG = "evaluate.py"
@@ -40,9 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     gt = p.add_mutually_exclusive_group()
     gt.add_argument("--masks", default=None, metavar="DIR",
                     help="ground-truth masks: DIR/<image path, its extension replaced by .png> (a.jpg and a.png "
-                         "share one mask; the toy layout: 255 part, 128 object; else non-zero)")
+                         "share one mask), encoded as --mask_format says")
     gt.add_argument("--boxes", default=None, metavar="CSV",
                     help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
+    p.add_argument("--mask_format", choices=MASK_FORMATS, default="auto",
+                   help="binary: the object where the pixel is >= 128; levels: 0 background, 128 object, 255 part; "
+                        "labels: a label map named by DIR/labels.json ({\"background\": 0, \"regions\": {name: "
+                        "value}, \"parts\": [names]}); auto: labels when DIR/labels.json exists, else binary")
+    p.add_argument("--attributes", default=None, metavar="JSON",
+                   help="each class's look of each region, {\"classes\": {class name: {region: look}}}, with "
+                        "label-map masks: adds energy_difference and pointing_difference, the map inside the "
+                        "regions where the target looks different from the mode's reference classes")
     p.add_argument("--parts", default=None, metavar="CSV",
                    help="part locations for a part-level pointing game: a CSV with columns image,part,x,y in original "
                         "image pixels (prepare_dataset.py cub writes the visible ones as parts.csv)")
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result))
         print(f"{PROG}: {result.images} images evaluated; tables and figures in {cfg.out}", file=sys.stderr)
         if result.failed:
-            print(f"{PROG}: {result.failed} images skipped (missing or unreadable image or maps)", file=sys.stderr)
+            print(f"{PROG}: {result.failed} images skipped (missing or unreadable image, maps or mask)", file=sys.stderr)
             return EXIT_FAILED_ITEMS
         return EXIT_OK
 

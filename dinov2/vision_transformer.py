@@ -51,8 +51,8 @@ ARCHS: dict[str, ViTConfig] = {
 ARCHS["vit_giant"] = ARCHS["vit_giant2"]
 for _name in list(ARCHS):
     ARCHS[_name + "_reg4"] = replace(ARCHS[_name], num_register_tokens=4)
-# The small model this project trains on its synthetic data (finer_cam/toy.py): an 8x8 grid at 112x112.
-ARCHS["vit_toy"] = ViTConfig(embed_dim=128, depth=4, num_heads=2, img_size=112)
+# The small model this project trains on its synthetic data (finer_cam/toy.py): a 16x16 grid at 224x224.
+ARCHS["vit_toy"] = ViTConfig(embed_dim=128, depth=4, num_heads=2, img_size=224)
 
 
 class DinoVisionTransformer(nn.Module):

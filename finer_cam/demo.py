@@ -1,14 +1,18 @@
 """``make demo``: the whole pipeline on the toy world, through the four command-line scripts.
 
 1. the toy data set (``datasets/toy``, generated once), 2. ``train_classifier.py`` on the shipped toy
-backbone, 3. ``generate_cam.py`` on the test split, 4. ``visualize.py`` on a sample with a grid figure,
-5. ``evaluate.py`` with the ground-truth masks. Everything lands in ``outputs/demo/``. Each step runs as its
-own process, exactly the command it prints.
+backbone, 3. the premise checks (``python -m finer_cam.toy premise``: locality probe, head accuracy,
+look-alike siblings) into ``premise.json``, 4. ``generate_cam.py`` on the test split, 5. ``visualize.py`` on
+a sample with a grid figure, 6. ``evaluate.py`` with the ground-truth part masks and the classes'
+attributes (energy and pointing in the parts, on the car, and in the parts where the target differs from
+the mode's references). Everything lands in ``outputs/demo/``. Each step runs as its own process, exactly
+the command it prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -28,33 +32,42 @@ def _run(argv: list[str], log) -> None:
 
 
 def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, weights: str | Path = DEFAULT_WEIGHTS,
-             toy: ToyConfig = ToyConfig(), overlays: int = 16, steps: int = 20, workers: int = 2, log=print) -> dict:
+             toy: ToyConfig = ToyConfig(), overlays: int = 16, steps: int = 10, workers: int = 2, log=print,
+             probe_images: int = 100) -> dict:
     """Run the pipeline; returns the paths of what it wrote."""
     out, data, weights = (Path(p).resolve() for p in (out, data, weights))
     if not weights.is_file():
-        raise SystemExit(f"demo: {weights} is missing; `python -m finer_cam.toy backbone` trains it (2 minutes)")
+        raise SystemExit(f"demo: {weights} is missing; `python -m finer_cam.toy backbone` trains it (a few minutes)")
     start = time.monotonic()
     log(f"toy data in {data} ...")
     write_dataset(data, toy, workers=workers)
     paths = {"classifier": out / "classifier", "cams": out / "cams", "overlays": out / "overlays",
-             "grid": out / "grid.png", "eval": out / "eval"}
+             "grid": out / "grid.png", "eval": out / "eval", "premise": out / "premise.json"}
     common = ["--num_workers", str(workers)]
     _run(["train_classifier.py", "--data_root", str(data), "--model_path", str(weights), "--arch", "vit_toy",
           "--output_dir", str(paths["classifier"]), "--image_size", str(toy.image_size), "--overwrite", *common], log)
+    _run(["-m", "finer_cam.toy", "premise", "--root", str(data), "--weights", str(weights),
+          "--head", str(paths["classifier"] / "best_classifier.pth"), "--out", str(paths["premise"]),
+          "--probe_images", str(probe_images)], log)
     _run(["generate_cam.py", "--dataset_path", str(data / "test"), "--save_dir", str(paths["cams"]),
           "--model_path", str(weights), "--arch", "vit_toy",
           "--classifier_path", str(paths["classifier"] / "best_classifier.pth"), "--batch_size", "64", "--overwrite",
           *common], log)
-    # one image of each class, at twice the toy resolution
+    # one image of each class
     _run(["visualize.py", "--cam_dir", str(paths["cams"]), "--save_dir", str(paths["overlays"]), "--size", "224",
           "--format", "png", "--images", "*/00000.png", "--limit", str(overlays), "--grid", str(paths["grid"]),
           "--grid_rows", "6"], log)
     _run(["evaluate.py", "--cam_dir", str(paths["cams"]), "--out", str(paths["eval"]),
-          "--masks", str(data / "masks" / "test"), "--steps", str(steps), *common], log)
+          "--masks", str(data / "masks" / "test"), "--attributes", str(data / "class_attributes.json"),
+          "--steps", str(steps), *common], log)
+    premise = json.loads(paths["premise"].read_text(encoding="utf-8"))
+    log("\npremise checks (" + str(paths["premise"]) + "): " +
+        ", ".join(f"{k} {premise[k]:.3f}" for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction")))
     log(f"\ndemo finished in {time.monotonic() - start:.0f} s; everything is in {out}:")
     for name, what in (("classifier", "the trained head, its class list, sidecar and metrics"),
                        ("cams", "one .npy of maps per test image, run.json, index.jsonl"),
                        ("overlays", "one labelled strip per class"), ("grid", "images x modes in one figure"),
+                       ("premise", "the premise checks"),
                        ("eval", "summary.md/.csv/.json, per_image.csv, curves.png, rd_bars.png")):
         log(f"  {paths[name]}  {what}")
     return paths

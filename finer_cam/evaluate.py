@@ -10,7 +10,10 @@ Per image and mode, from the saved maps and the same classifier and preprocessin
 - with ground truth (``masks`` or ``boxes``): the share of the map's energy inside the region and whether
   the map's peak falls in it (pointing game); with ``parts`` (CUB's visible part locations), the same for the
   discs of radius ``part_radius`` (a fraction of the image's shorter side) around them: a part-level
-  pointing game.
+  pointing game;
+- with part masks (a label map, ``labels.json``) and class attributes (``attributes``): the same inside the
+  parts where the target differs from the mode's reference classes (``energy_difference``,
+  ``pointing_difference``); for a mode without references (the baseline), from its rank-1 class.
 
 Masked pixels take the fill: 0 after normalisation (the data set mean) or a heavily blurred copy. The masked
 variants of a batch of images, for all modes, all k and all curve steps, go through the model together.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ from .targets import rank_references, weight_cosine
 
 log = logging.getLogger("finer_cam")
 FILLS = ("mean", "blur")
+MASK_FORMATS = ("auto", "binary", "levels", "labels")
 VARIANT_BUDGET = 64 * 2**20  # mask elements (bytes of bool) built at once for one group of images
 
 
@@ -61,6 +66,8 @@ class EvaluateConfig:
     boxes: str | None = None
     parts: str | None = None  # CSV image,part,x,y: visible part locations (prepare_dataset.py cub)
     part_radius: float = 0.1  # of the image's shorter side
+    mask_format: str = "auto"
+    attributes: str | None = None
     batch_size: int = 64
     num_workers: int = 2
     device: str = "auto"
@@ -94,53 +101,146 @@ def metric_names(cfg: EvaluateConfig, localisation: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------- ground truth
 
 class GroundTruth:
-    """Regions by image: mask files (``DIR/<relative path>.png``; 0 background, values >= 128 the object and
-    255 the part in the toy data's encoding, any non-zero pixel otherwise) or a CSV of boxes
-    (``image,x1,y1,x2,y2`` in pixels of the original image; several rows of an image are joined)."""
+    """Regions by image, from mask files (``DIR/<relative path>.png``) or a CSV of boxes (``image,x1,y1,x2,y2``
+    in pixels of the original image; several rows of an image are joined).
 
-    def __init__(self, masks: str | None, boxes: str | None, parts: str | None = None,
+    The masks' encoding is one for the whole folder, never guessed per image (``mask_format``):
+
+    - ``binary``: the object where the pixel is 128 or more (0/255 masks, anti-aliased ones included);
+    - ``levels``: 0 background, 128 the object, 255 its discriminative part (thresholds at 64 and 192);
+    - ``labels``: a label map, its values named by ``DIR/labels.json``:
+      ``{"background": 0, "regions": {"body": 1, "wheels": 2, ...}, "parts": ["wheels", ...]}``; the object is
+      every region, the part the union of ``parts``;
+    - ``auto``: ``labels`` when ``DIR/labels.json`` exists, else ``binary``.
+
+    With ``labels`` and a class-attribute file (``{"classes": {name: {region: look, ...}}}``), the regions
+    where two classes look different (:meth:`difference`) give the pair-level ground truth.
+    With ``parts`` (a CSV ``image,part,x,y`` of visible part locations), the discs of radius ``part_radius``
+    (a fraction of the image's shorter side) around them are the region ``parts``.
+    """
+
+    def __init__(self, masks: str | None, boxes: str | None, mask_format: str = "auto",
+                 attributes: str | None = None, class_names: list[str] | None = None, parts: str | None = None,
                  part_radius: float = 0.1) -> None:
         self.masks = Path(masks) if masks else None
         if self.masks is not None and not self.masks.is_dir():
             raise FinerCamError(f"--masks {masks}: no such folder")
+        if mask_format not in MASK_FORMATS:
+            raise FinerCamError(f"--mask_format {mask_format!r}: expected one of {', '.join(MASK_FORMATS)}")
+        self.format = resolve_mask_format(masks, mask_format)
+        self.legend: dict | None = None
+        if self.format == "labels":
+            self.legend = read_labels(self.masks / "labels.json")
         self.boxes: dict[str, list[tuple[float, float, float, float]]] = {}
         if boxes:
             self.boxes = _read_boxes(Path(boxes))
-        self.regions = []
-        if self.masks is not None:
-            self.regions = ["part", "object"]
-        elif boxes:
+        self.looks: dict[int, dict[str, object]] | None = None
+        if attributes:
+            if self.format != "labels":
+                raise FinerCamError(f"--attributes {attributes}: needs --masks with a label map (labels.json), "
+                                    "which says where each region is")
+            self.looks = read_attributes(Path(attributes), class_names or [], self.legend["regions"])
+        self.regions = {None: [], "binary": ["object"], "levels": ["part", "object"],
+                        "labels": ["part", "object"]}[self.format]
+        if boxes:
             self.regions = ["box"]
+        if self.looks is not None:
+            self.regions = self.regions + ["difference"]
         self.parts: dict[str, list[tuple[float, float]]] = _read_parts(Path(parts)) if parts else {}
         self.part_radius = part_radius
         if parts:
-            self.regions.append("parts")
+            self.regions = self.regions + ["parts"]
 
-    def __call__(self, rel: str, size: tuple[int, int]) -> dict[str, np.ndarray] | None:
-        """Boolean regions ``[H, W]`` for image ``rel`` of ``size = (W, H)``, or None when it has none."""
-        found = self._regions(rel, size) or {}
+    def __call__(self, rel: str, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
+        """Boolean regions ``[H, W]`` for image ``rel`` of ``size = (W, H)`` and, for label maps, the map
+        itself ``[H, W]``; None when the image has none. An unreadable mask raises :class:`SkippedFile`."""
+        regions, labels = self._regions(rel, size) or ({}, None)
         if rel in self.parts:
-            found["parts"] = part_discs(self.parts[rel], size, self.part_radius * min(size))
-        return found or None
+            regions = {**regions, "parts": part_discs(self.parts[rel], size, self.part_radius * min(size))}
+        return (regions, labels) if regions else None
 
-    def _regions(self, rel: str, size: tuple[int, int]) -> dict[str, np.ndarray] | None:
+    def _regions(self, rel: str, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
         if self.masks is not None:
             path = self.masks / Path(rel).with_suffix(".png")
             if not path.is_file():
                 return None
-            values = np.asarray(Image.open(path).convert("L"))
+            try:
+                with Image.open(path) as img:
+                    values = np.asarray(img.convert("L"))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise SkippedFile(path, f"unreadable mask ({exc})") from None
             if values.shape != (size[1], size[0]):
                 values = np.asarray(Image.fromarray(values).resize(size, Image.NEAREST))
-            levels = set(np.unique(values).tolist())
-            if 128 in levels and levels <= {0, 128, 255}:  # the toy encoding: object and part
-                return {"part": values == 255, "object": values >= 128}
-            return {"part": values > 0, "object": values > 0}
+            if self.format == "binary":
+                return {"object": values >= 128}, None
+            if self.format == "levels":
+                return {"part": values >= 192, "object": values >= 64}, None
+            regions = self.legend["regions"]
+            parts = [regions[p] for p in self.legend["parts"]]
+            return {"part": np.isin(values, parts), "object": np.isin(values, list(regions.values()))}, values
         if rel in self.boxes:
             region = np.zeros((size[1], size[0]), bool)
             for x1, y1, x2, y2 in self.boxes[rel]:
                 region[max(0, int(y1)):max(0, int(np.ceil(y2))), max(0, int(x1)):max(0, int(np.ceil(x2)))] = True
-            return {"box": region}
+            return {"box": region}, None
         return None
+
+    def difference(self, labels: np.ndarray, target: int, references: list[int]) -> np.ndarray | None:
+        """Where class ``target`` looks different from any of ``references``: the union of the regions
+        (of the label map ``[H, W]``) whose looks differ, ``bool [H, W]``; None when no region differs."""
+        mine = self.looks.get(target)
+        values = set()
+        for r in references:
+            theirs = self.looks.get(r)
+            if mine is None or theirs is None:
+                return None
+            values |= {v for v, look in mine.items() if theirs.get(v) != look}
+        return np.isin(labels, sorted(values)) if values else None
+
+
+def resolve_mask_format(masks: str | None, mask_format: str) -> str | None:
+    """The encoding of a mask folder: ``mask_format``, or for ``auto`` ``labels`` when the folder has a
+    ``labels.json`` and ``binary`` otherwise; None without masks."""
+    if not masks:
+        return None
+    if mask_format != "auto":
+        return mask_format
+    return "labels" if (Path(masks) / "labels.json").is_file() else "binary"
+
+
+def read_labels(path: Path) -> dict:
+    """A mask folder's ``labels.json`` (see :class:`GroundTruth`), checked."""
+    try:
+        legend = json.loads(path.read_text(encoding="utf-8"))
+        regions = {str(k): int(v) for k, v in legend["regions"].items()}
+        parts = [str(p) for p in legend.get("parts", [])]
+        background = int(legend.get("background", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FinerCamError(f"--masks: {path}: expected {{\"background\": 0, \"regions\": {{name: value}}, "
+                            f"\"parts\": [names]}} ({exc})") from None
+    unknown = [p for p in parts if p not in regions]
+    if unknown or background in regions.values():
+        raise FinerCamError(f"--masks: {path}: 'parts' names {unknown} not in 'regions', or the background value "
+                            "is also a region's")
+    return {"background": background, "regions": regions, "parts": parts}
+
+
+def read_attributes(path: Path, class_names: list[str], regions: dict[str, int]) -> dict[int, dict[int, object]]:
+    """``--attributes``: ``{"classes": {class name: {region name: look}}}`` -> class index -> {label value:
+    look}, for the regions the label map names (other keys are left out). Every class of the run must be
+    there."""
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+        looks = {name: {regions[k]: json.dumps(v, sort_keys=True) for k, v in classes[name].items() if k in regions}
+                 for name in class_names if name in classes}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FinerCamError(f"--attributes {path}: expected {{\"classes\": {{class name: {{region: look}}}}}} "
+                            f"({exc})") from None
+    missing = [n for n in class_names if n not in looks]
+    if missing:
+        raise FinerCamError(f"--attributes {path}: no attributes for {len(missing)} of the run's classes "
+                            f"(first: {missing[0]!r})")
+    return {i: looks[n] for i, n in enumerate(class_names)}
 
 
 def part_discs(points: list[tuple[float, float]], size: tuple[int, int], radius: float) -> np.ndarray:
@@ -225,14 +325,14 @@ def evaluate_group(model, x: torch.Tensor, maps: torch.Tensor, targets: torch.Te
         keeps.append(~top_percent_mask(flat_maps, p))
         owners.append(owner_bm)
     S = cfg.steps
-    if S > 0:
+    if S > 1:  # the inner steps; the ends are the image itself and the fill alone, the same for every mode
         ranks = pixel_ranks(flat_maps)  # [B*M, H, W]
-        counts = [round(s / S * H * W) for s in range(S + 1)]
+        counts = [round(s / S * H * W) for s in range(1, S)]
         deletion = torch.stack([ranks >= n for n in counts], dim=1)  # keep the pixels not yet removed
         insertion = torch.stack([ranks < n for n in counts], dim=1)  # keep the pixels revealed so far
         keeps += [deletion.reshape(-1, H, W), insertion.reshape(-1, H, W)]
-        owners += [owner_bm.repeat_interleave(S + 1)] * 2
-    probs = _variants(model, x, fill, torch.cat(keeps), torch.cat(owners), cfg.batch_size)
+        owners += [owner_bm.repeat_interleave(S - 1)] * 2
+    probs = _variants(model, x, fill, torch.cat(keeps), torch.cat(owners), cfg.batch_size)  # [J, C]
     c = targets.repeat_interleave(M)
     d = refs.repeat_interleave(M)
     base = p0[owner_bm]
@@ -244,10 +344,16 @@ def evaluate_group(model, x: torch.Tensor, maps: torch.Tensor, targets: torch.Te
         out[f"rd@{_pct(p)}"] = relative_drop(base, after, c, d).view(B, M)
         out[f"drop@{_pct(p)}"] = (base.gather(1, c.view(-1, 1)) - after.gather(1, c.view(-1, 1))).view(B, M)
     if S > 0:
-        n = B * M * (S + 1)
-        tgt = c.repeat_interleave(S + 1).view(-1, 1)
-        for name in ("deletion", "insertion"):
-            out[name] = probs[offset:offset + n].gather(1, tgt).view(B, M, S + 1)
+        # the fill alone: one forward for the mean fill (the same zero image for all), else one per image
+        p_fill = (_probabilities(model, fill[:1], 1).expand(B, -1) if cfg.fill == "mean"
+                  else _probabilities(model, fill, cfg.batch_size))
+        whole = base.gather(1, c.view(-1, 1)).view(B, M, 1)
+        empty = p_fill[owner_bm].gather(1, c.view(-1, 1)).view(B, M, 1)
+        n = B * M * (S - 1)
+        tgt = c.repeat_interleave(S - 1).view(-1, 1)
+        for name, first, last in (("deletion", whole, empty), ("insertion", empty, whole)):
+            inner = probs[offset:offset + n].gather(1, tgt).view(B, M, S - 1)
+            out[name] = torch.cat([first, inner, last], dim=2)
             offset += n
     return out
 
@@ -297,6 +403,8 @@ def check_config(cfg: EvaluateConfig) -> None:
         raise FinerCamError("--masks and --boxes exclude each other: give one")
     if not 0 < cfg.part_radius < 1:
         raise FinerCamError(f"--part_radius {cfg.part_radius}: expected a fraction of the shorter side between 0 and 1")
+    if cfg.attributes and not cfg.masks:
+        raise FinerCamError("--attributes needs --masks (label maps with labels.json)")
 
 
 def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
@@ -321,7 +429,8 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     similarity = run_info.get("similarity", "logit-distance")
     class_sim = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
     preprocess = _preprocess(run_info, model.patch_size)
-    truth = GroundTruth(cfg.masks, cfg.boxes, cfg.parts, cfg.part_radius)
+    truth = GroundTruth(cfg.masks, cfg.boxes, cfg.mask_format, cfg.attributes, class_names, cfg.parts,
+                        cfg.part_radius)
     root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]
     chosen = chosen[:cfg.limit] if cfg.limit else chosen
@@ -341,12 +450,15 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
                 try:
                     if item["error"] is not None:
                         raise SkippedFile(root / entry["image"], item["error"])
-                    ready.append((item, entry, read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), (len(modes),))))
+                    maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), (len(modes),))
+                    truth_here = truth(entry["image"], tuple(item["size"])) if truth.regions else None
+                    ready.append((item, entry, maps, truth_here))
                 except SkippedFile as exc:
                     result.failed += 1
                     log.error("%s: %s (skipped)", exc.path, exc)
             for group in _by_shape(ready, len(modes)):
-                _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves)
+                _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves,
+                          run_info["modes"])
             bar.update(len(batch))
             stop.check()
     if ranks.world > 1:
@@ -383,28 +495,56 @@ def _by_shape(ready: list, n_modes: int) -> list[list]:
     return out
 
 
-def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, modes, device, result, curves) -> None:
-    x = torch.stack([item["image"] for item, _, _ in group]).to(device)
+def _difference_regions(truth: GroundTruth, labels: np.ndarray, target: int, rank1: int, entry: dict,
+                        run_modes: list[dict]) -> np.ndarray:
+    """Per mode, where the target differs from the mode's reference classes (index.jsonl's ``references``;
+    for a mode without any, or with alpha 0, the rank-1 class): ``bool [M, H, W]``, all False where no
+    region differs (the metric is then left out)."""
+    out = np.zeros((len(run_modes), *labels.shape), bool)
+    listed = entry.get("references") or {}
+    for m, mode in enumerate(run_modes):
+        refs = listed.get(mode["name"]) if isinstance(listed, dict) else None
+        if not refs or not mode.get("alpha"):
+            refs = [rank1]
+        region = truth.difference(labels, target, [int(r) for r in refs])
+        if region is not None:
+            out[m] = region
+    return out
+
+
+def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, modes, device, result, curves,
+              run_modes: list[dict]) -> None:
+    x = torch.stack([item["image"] for item, _, _, _ in group]).to(device)
     H, W = x.shape[-2:]
-    raw = [torch.from_numpy(maps.astype(np.float32)) for _, _, maps in group]
+    raw = [torch.from_numpy(maps.astype(np.float32)) for _, _, maps, _ in group]
     maps = torch.stack([normalize_maps(resize_maps(m, (H, W))) for m in raw]).to(device)  # [B, M, H, W]
-    targets = torch.tensor([int(e["target"]) for _, e, _ in group], device=device)
+    targets = torch.tensor([int(e["target"]) for _, e, _, _ in group], device=device)
     with torch.no_grad():
         logits = model(x)
     refs = rank_references(logits, targets, 1, similarity, class_sim)[:, 0]
     out = evaluate_group(model, x, maps, targets, refs, cfg)
     probs = torch.softmax(logits, dim=1)
-    for b, (item, entry, _) in enumerate(group):
-        regions = truth(entry["image"], tuple(item["size"])) if truth.regions else None
-        if truth.regions and regions is None:
+    for b, (item, entry, _, found) in enumerate(group):
+        if truth.regions and found is None:
             log.warning("%s: no ground truth for this image; its localisation is left out", entry["image"])
         local = {}
-        if regions:
+        if found:
+            regions, labels = found
             fitted = normalize_maps(resize_maps(raw[b], next(iter(regions.values())).shape))
+            if truth.looks is not None:
+                regions = {**regions, "difference": _difference_regions(truth, labels, int(targets[b]), int(refs[b]),
+                                                                        entry, run_modes)}
             for name, region in regions.items():
-                r = torch.from_numpy(region).unsqueeze(0).expand(len(modes), -1, -1)
-                local[f"energy_{name}"] = energy_inside(fitted, r).tolist()
-                local[f"pointing_{name}"] = pointing_hit(fitted, r).float().tolist()
+                if region is None:
+                    continue
+                r = torch.from_numpy(np.broadcast_to(region, (len(modes), *region.shape[-2:])).copy())
+                hit = pointing_hit(fitted, r).float()
+                energy = energy_inside(fitted, r)
+                if name == "difference":  # left out where the target differs from no reference in any region
+                    known = r.flatten(1).any(1)
+                    energy, hit = torch.where(known, energy, torch.nan), torch.where(known, hit, torch.nan)
+                local[f"energy_{name}"] = energy.tolist()
+                local[f"pointing_{name}"] = hit.tolist()
         for m, mode in enumerate(modes):
             row = {"image": entry["image"], "mode": mode, "target": int(targets[b]), "reference": int(refs[b]),
                    "p_target": float(probs[b, targets[b]]), "p_reference": float(probs[b, refs[b]])}
@@ -472,7 +612,8 @@ def _write_tables(out: Path, cfg: EvaluateConfig, run_info: dict, result: Evalua
             summary_rows.append({"mode": mode, "metric": name, "mean": s["mean"], "ci95": s["ci95"], "n": s["n"]})
     _write_csv(out / "summary.csv", ["mode", "metric", "mean", "ci95", "n"], summary_rows)
     settings = {k: getattr(cfg, k) for k in ("cam_dir", "percent", "fill", "steps", "masks", "boxes", "parts",
-                                             "part_radius", "limit")}
+                                             "part_radius", "limit", "attributes")}
+    settings["mask_format"] = resolve_mask_format(cfg.masks, cfg.mask_format)
     write_json(out / "summary.json", {
         "settings": settings, "modes": result.summary, "images": result.images, "failed": result.failed,
         "similarity": run_info.get("similarity"), "method": run_info.get("method"),

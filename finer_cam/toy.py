@@ -1,16 +1,24 @@
-"""A synthetic fine-grained world with ground truth: toy cars whose classes differ only in a side stripe.
+"""A synthetic fine-grained world with ground truth: toy cars in groups of look-alikes that differ in compact parts.
 
-Classes come in groups. The members of a group share the body (shape, colour family, windows, wheels) and
-differ only in the colour of one small part, the stripe along the side. Between groups the body and the
-stripe palette differ. Every image has a random position, scale, facing direction, cluttered background,
-lighting and noise, so no fixed pixel gives the class away; the stripe is the only thing that separates a
-class from its siblings, and the body is what a plain class logit also leans on. Beside every image goes a
-mask with the ground truth.
+Classes come in groups of four siblings. The siblings of a group share the body (shape, colour family,
+windows, tyres) and the roof box (the group's colour); each class has its own combination of three
+compact parts, each drawn in one of two colours: the wheel rims, the badge on the door and the headlight.
+The first sibling (``Standard``) has the plain colour of each; every other sibling changes exactly one part
+(``Rims``, ``Badge``, ``Beam``), so two siblings differ in one or two parts and the part masks say where:
+``Sedan Standard`` and ``Sedan Rims`` differ in the wheels, ``Sedan Standard`` and ``Sedan Badge`` in the
+badge, ``Sedan Rims`` and ``Sedan Beam`` in the wheels and the headlight. Between groups the body, its
+colour family and the roof box differ. Every image has a random position, scale, facing direction,
+cluttered background, lighting and noise, so no fixed pixel gives the class away.
 
-Layout written by :func:`write_dataset` (the Stanford Cars layout, plus masks)::
+At the default 224 px the cars are 179 to 213 px long; the parts are about 2 to 3 patches of 14 px across
+(wheels 36 to 43 px, badge 29 to 34 px, headlight 27 to 32 by 24 to 29 px, roof box 39 to 47 by 25 to 30 px).
+
+Layout written by :func:`write_dataset` (the Stanford Cars layout, plus masks and attributes)::
 
     ROOT/train/<class>/<stem>.png       ROOT/test/<class>/<stem>.png
-    ROOT/masks/<split>/<class>/<stem>.png   0 background, 128 the car, 255 its stripe (the discriminative part)
+    ROOT/masks/<split>/<class>/<stem>.png   a label map: 0 background, 1 body, 2 wheels, 3 badge, 4 light, 5 roof
+    ROOT/masks/<split>/labels.json      what the values mean (the format evaluate.py reads, :data:`LABELS`)
+    ROOT/class_attributes.json          each class's look of each part (evaluate.py --attributes)
     ROOT/attributes/<split>.jsonl       what was drawn in each image (group, colours, facing, box)
     ROOT/classes.txt                    class names, sorted (the order train_classifier.py gives its head)
     ROOT/toy.json                       the generator's settings (a rerun with the same ones is skipped)
@@ -30,62 +38,85 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .errors import FinerCamError
 from .io import atomic_write_bytes, write_json
 
 log = logging.getLogger("finer_cam")
 
 # Bodies, in car coordinates: u from the rear (0) to the front (1) of the car, v from its top (0) to the
-# ground line (1); the car box is 0.45 times as high as it is long. Hue is the group's colour family.
+# ground line (1); the car box is 0.45 times as high as it is long. Hue is the group's colour family; the
+# roof box sits on the roof (``roof``: from u, to u, the roof's v) and has the group's colour.
 GROUPS = {
-    "Hatch": {"hue": 0.60, "stripe_hues": (0, 35, 65, 300),
+    "Hatch": {"hue": 0.60, "roof": (0.24, 0.46, 0.10), "roof_rgb": (20, 20, 24),
               "body": [(0.0, 0.80), (0.02, 0.22), (0.12, 0.10), (0.58, 0.10), (0.74, 0.40), (0.97, 0.48),
                        (1.0, 0.80)],
               "window": [(0.08, 0.38), (0.14, 0.16), (0.56, 0.16), (0.67, 0.38)]},
-    "Pickup": {"hue": 0.33, "stripe_hues": (0, 45, 270, 315),
+    "Pickup": {"hue": 0.33, "roof": (0.56, 0.77, 0.06), "roof_rgb": (245, 245, 245),
                "body": [(0.0, 0.38), (0.52, 0.38), (0.56, 0.06), (0.76, 0.06), (0.84, 0.40), (1.0, 0.46),
                         (1.0, 0.80), (0.0, 0.80)],
                "window": [(0.60, 0.36), (0.62, 0.12), (0.74, 0.12), (0.80, 0.36)]},
-    "Sedan": {"hue": 0.00, "stripe_hues": (60, 100, 160, 200),
+    "Sedan": {"hue": 0.00, "roof": (0.41, 0.63, 0.12), "roof_rgb": (250, 215, 0),
               "body": [(0.0, 0.50), (0.04, 0.42), (0.30, 0.40), (0.38, 0.12), (0.66, 0.12),
                        (0.78, 0.40), (0.98, 0.46), (1.0, 0.80), (0.0, 0.80)],
               "window": [(0.34, 0.40), (0.41, 0.17), (0.63, 0.17), (0.72, 0.40)]},
-    "Van": {"hue": 0.07, "stripe_hues": (180, 220, 265, 320),
+    "Van": {"hue": 0.07, "roof": (0.28, 0.50, 0.06), "roof_rgb": (130, 40, 200),
             "body": [(0.0, 0.06), (0.80, 0.06), (0.98, 0.42), (1.0, 0.80), (0.0, 0.80)],
             "window": [(0.62, 0.14), (0.80, 0.14), (0.92, 0.40), (0.62, 0.40)]},
 }
-# Stripes: the one small part that tells the classes of a group apart, by its hue (35 to 60 degrees apart
-# within a group); between groups the body and the palette differ. So a class's look-alikes are its
-# siblings, and only the stripe separates it from them.
-STRIPES = ("Alpha", "Beta", "Delta", "Gamma")
-STRIPE = ((0.08, 0.48), (0.92, 0.63))  # the side stripe's corners, car coordinates
-WHEELS = ((0.19, 0.82), (0.81, 0.82))
-WHEEL_RADIUS = 0.095
-MASK_OBJECT, MASK_PART = 128, 255
+# The parts that tell siblings apart, each in a plain and an alternative colour. Sibling k > 0 of a group
+# changes part k - 1 to its alternative; ``Standard`` has all plain ones.
+PART_COLOURS = {
+    "wheels": {"silver": (185, 185, 192), "gold": (235, 170, 20)},
+    "badge": {"white": (245, 245, 245), "magenta": (225, 30, 205)},
+    "light": {"yellow": (250, 238, 150), "cyan": (20, 215, 235)},
+}
+SIBLINGS = ("Badge", "Beam", "Rims", "Standard")  # sorted, as the class folders are
+CHANGES = {"Standard": None, "Rims": "wheels", "Badge": "badge", "Beam": "light"}
+WHEELS = ((0.20, 0.82), (0.78, 0.82))
+WHEEL_RADIUS = 0.10  # times the car's length
+RIM = 0.62  # the rim's radius, times the wheel's
+BADGE = (0.45, 0.61, 0.08)  # centre u, v and radius (times the length)
+LIGHT = ((0.84, 0.34), (0.99, 0.64))
+ROOF_HEIGHT = 0.14  # the roof box's height, times the car's length; it overlaps the roof line by 0.02
+# The label map of the masks and what its values mean, in the format evaluate.py reads (labels.json).
+REGIONS = {"body": 1, "wheels": 2, "badge": 3, "light": 4, "roof": 5}
+LABELS = {"format": "labels", "background": 0, "regions": REGIONS, "parts": ["wheels", "badge", "light", "roof"]}
 
 
 @dataclass(frozen=True)
 class ToyConfig:
-    image_size: int = 112
-    train_per_class: int = 150
-    test_per_class: int = 40
+    image_size: int = 224
+    train_per_class: int = 48
+    test_per_class: int = 15
     seed: int = 0
     groups: tuple[str, ...] = tuple(GROUPS)
-    stripes: tuple[str, ...] = tuple(STRIPES)
+    siblings: tuple[str, ...] = SIBLINGS
 
     @property
     def class_names(self) -> list[str]:
-        return [f"{g} {b}" for g in self.groups for b in self.stripes]
-
-
-def stripe_colour(group: str, stripe: str) -> tuple[int, int, int]:
-    """The stripe's RGB colour: the group's hue for this stripe, fully saturated and bright."""
-    hue = GROUPS[group]["stripe_hues"][STRIPES.index(stripe)] / 360.0
-    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 1.0, 1.0))
+        return [f"{g} {s}" for g in self.groups for s in self.siblings]
 
 
 def class_parts(name: str) -> tuple[str, str]:
-    group, stripe = name.split(" ", 1)
-    return group, stripe
+    """``"Sedan Rims" -> ("Sedan", "Rims")``."""
+    group, sibling = name.split(" ", 1)
+    return group, sibling
+
+
+def class_attributes(name: str) -> dict[str, str]:
+    """How each region of class ``name`` looks: its body (the group), roof box, wheels, badge and light."""
+    group, sibling = class_parts(name)
+    looks = {part: next(iter(colours)) for part, colours in PART_COLOURS.items()}  # the plain colours
+    changed = CHANGES[sibling]
+    if changed is not None:
+        looks[changed] = list(PART_COLOURS[changed])[1]
+    return {"body": group, "roof": group, **looks}
+
+
+def differing_parts(a: str, b: str) -> list[str]:
+    """The regions where classes ``a`` and ``b`` look different, in :data:`REGIONS` order."""
+    ta, tb = class_attributes(a), class_attributes(b)
+    return [r for r in REGIONS if ta[r] != tb[r]]
 
 
 def _rng(seed: int, split: str, cls: int, index: int) -> np.random.Generator:
@@ -96,9 +127,10 @@ def _background(rng: np.random.Generator, side: int) -> Image.Image:
     """A dull two-colour gradient with a few translucent shapes of random colour (the clutter)."""
     a, b = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
     angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:side, 0:side] / side
+    coarse = max(2, side // 8)  # a linear gradient: computed coarse, then scaled up
+    yy, xx = np.mgrid[0:coarse, 0:coarse] / coarse
     t = np.clip(0.5 + (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle), 0, 1)[..., None]
-    img = Image.fromarray((a * (1 - t) + b * t).astype(np.uint8)).convert("RGBA")
+    img = Image.fromarray((a * (1 - t) + b * t).astype(np.uint8)).resize((side, side), Image.BILINEAR).convert("RGBA")
     layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     for _ in range(rng.integers(3, 8)):
@@ -110,45 +142,69 @@ def _background(rng: np.random.Generator, side: int) -> Image.Image:
     return Image.alpha_composite(img, layer).convert("RGB")
 
 
+def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], sigma: float = 10.0) -> tuple[int, ...]:
+    return tuple(int(np.clip(c + rng.normal(0, sigma), 0, 255)) for c in rgb)
+
+
 def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Image, Image.Image, dict]:
-    """Image ``index`` of class ``cls`` in ``split``: an RGB image, its mask (0 / 128 car / 255 stripe) and
-    what was drawn (group, colours in [0, 1], facing, the car's box as fractions of the image)."""
+    """Image ``index`` of class ``cls`` in ``split``: an RGB image, its label map (:data:`REGIONS`, 0 the
+    background) and what was drawn (group, colours in [0, 1], facing, the car's box as fractions of the
+    image)."""
     rng = _rng(cfg.seed, split, cls, index)
-    group, stripe_name = class_parts(cfg.class_names[cls])
+    name = cfg.class_names[cls]
+    group = class_parts(name)[0]
+    looks = class_attributes(name)
     body = GROUPS[group]
     scale = 2  # drawn at twice the size, then downsampled: smooth edges
     side = cfg.image_size * scale
     img = _background(rng, side)
     mask = Image.new("L", (side, side), 0)
-    length = rng.uniform(0.62, 0.9) * side
+    length = rng.uniform(0.8, 0.95) * side
     height = 0.45 * length
+    roof_top = ROOF_HEIGHT * length - 0.02 * height  # how far the roof box rises above the car box
     x0 = rng.uniform(0.02 * side, side - length - 0.02 * side)
-    y0 = rng.uniform(0.05 * side, side - height - 0.03 * side)
+    y0 = rng.uniform(0.02 * side + roof_top, side - height - 0.02 * side)
     facing_right = rng.random() < 0.5
 
     def at(u: float, v: float) -> tuple[float, float]:
         return (x0 + (u if facing_right else 1 - u) * length, y0 + v * height)
 
+    def box(corner_a: tuple[float, float], corner_b: tuple[float, float]) -> list[float]:
+        (xa, ya), (xb, yb) = corner_a, corner_b
+        return [min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)]
+
     hue = (body["hue"] + rng.uniform(-0.035, 0.035)) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.9), rng.uniform(0.5, 0.9))
     paint = tuple(int(255 * c) for c in rgb)
     draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    # the roof box, under the body's top edge
+    u0, u1, top = body["roof"]
+    roof = box(at(u0, top + 0.02), at(u1, top + 0.02 - ROOF_HEIGHT * length / height))
+    roof_rgb = _jitter(rng, body["roof_rgb"])
+    draw.rectangle(roof, fill=roof_rgb)
+    mdraw.rectangle(roof, fill=REGIONS["roof"])
     outline = [at(u, v) for u, v in body["body"]]
     draw.polygon(outline, fill=paint)
-    mdraw.polygon(outline, fill=MASK_OBJECT)
+    mdraw.polygon(outline, fill=REGIONS["body"])
     glass = tuple(int(c) for c in rng.uniform([150, 175, 195], [190, 215, 235]))
     draw.polygon([at(u, v) for u, v in body["window"]], fill=glass)
+    rim_rgb = _jitter(rng, PART_COLOURS["wheels"][looks["wheels"]])
     for u, v in WHEELS:
         cx, cy = at(u, v)
         r = WHEEL_RADIUS * length
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(25, 25, 28))
-        draw.ellipse([cx - r * 0.45, cy - r * 0.45, cx + r * 0.45, cy + r * 0.45], fill=(150, 150, 155))
-        mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=MASK_OBJECT)
-    colour = tuple(int(np.clip(c + rng.normal(0, 10), 0, 255)) for c in stripe_colour(group, stripe_name))
-    (u0, v0), (u1, v1) = STRIPE
-    stripe = [at(u0, v0), at(u1, v0), at(u1, v1), at(u0, v1)]
-    draw.polygon(stripe, fill=colour)
-    mdraw.polygon(stripe, fill=MASK_PART)
+        draw.ellipse([cx - r * RIM, cy - r * RIM, cx + r * RIM, cy + r * RIM], fill=rim_rgb)
+        mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=REGIONS["wheels"])
+    bu, bv, br = BADGE
+    cx, cy = at(bu, bv)
+    r = br * length
+    badge_rgb = _jitter(rng, PART_COLOURS["badge"][looks["badge"]])
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=badge_rgb)
+    mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=REGIONS["badge"])
+    light = box(at(*LIGHT[0]), at(*LIGHT[1]))
+    light_rgb = _jitter(rng, PART_COLOURS["light"][looks["light"]])
+    draw.rectangle(light, fill=light_rgb)
+    mdraw.rectangle(light, fill=REGIONS["light"])
     # lighting: brightness and a directional shading, then sensor noise
     size = cfg.image_size
     img = img.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.5)))
@@ -160,7 +216,12 @@ def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Imag
     img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
     mask = mask.resize((size, size), Image.NEAREST)
     attributes = {"group": list(GROUPS).index(group), "body_rgb": [round(c, 4) for c in rgb],
-                  "stripe_rgb": [round(c / 255, 4) for c in colour], "facing_right": bool(facing_right),
+                  "looks": {k: looks[k] for k in PART_COLOURS},
+                  "part_rgb": {"wheels": [round(c / 255, 4) for c in rim_rgb],
+                               "badge": [round(c / 255, 4) for c in badge_rgb],
+                               "light": [round(c / 255, 4) for c in light_rgb],
+                               "roof": [round(c / 255, 4) for c in roof_rgb]},
+                  "facing_right": bool(facing_right),
                   "box": [round(v / side, 4) for v in (x0, y0, length, height)]}
     return img, mask, attributes
 
@@ -191,17 +252,24 @@ def _write_class(args: tuple[ToyConfig, str, str, int]) -> list[dict]:
 def write_dataset(root: str | Path, cfg: ToyConfig = ToyConfig(), workers: int = 2, overwrite: bool = False) -> bool:
     """Write the toy data set under ``root`` (see the module docstring); False when it is already there.
 
-    ``toy.json`` is written last, so a data set whose generation was interrupted is generated again.
+    ``toy.json`` is written last, so a data set whose generation was interrupted is generated again. A toy
+    data set written with other settings (``toy.json`` there) is removed first, so that no image of it stays.
     """
+    import shutil
+
     root = Path(root)
-    settings = {**asdict(cfg), "groups": list(cfg.groups), "stripes": list(cfg.stripes), "format": 1}
+    settings = {**asdict(cfg), "groups": list(cfg.groups), "siblings": list(cfg.siblings), "format": 2}
     marker = root / "toy.json"
-    if marker.is_file() and not overwrite:
+    if marker.is_file():
         try:
-            if json.loads(marker.read_text(encoding="utf-8")) == settings:
-                return False
+            same = json.loads(marker.read_text(encoding="utf-8")) == settings
         except ValueError:
-            pass
+            same = False
+        if same and not overwrite:
+            return False
+        marker.unlink()
+        for sub in ("train", "test", "masks", "attributes"):
+            shutil.rmtree(root / sub, ignore_errors=True)
     jobs = [(cfg, str(root), split, c) for split in ("train", "test") for c in range(len(cfg.class_names))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -212,57 +280,87 @@ def write_dataset(root: str | Path, cfg: ToyConfig = ToyConfig(), workers: int =
         lines = "".join(json.dumps(row) + "\n" for (_, _, s, _), rows in zip(jobs, written) if s == split
                         for row in rows)
         atomic_write_bytes(root / "attributes" / f"{split}.jsonl", lambda f, t=lines: f.write(t.encode("utf-8")))
+        write_json(root / "masks" / split / "labels.json", LABELS)
+    write_json(root / "class_attributes.json", {"classes": {n: class_attributes(n) for n in cfg.class_names}})
     text = "".join(n + "\n" for n in cfg.class_names)
     atomic_write_bytes(root / "classes.txt", lambda f: f.write(text.encode("utf-8")))
     write_json(marker, settings)
     return True
 
 
-def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A toy mask file as boolean ``(part, object)`` arrays ``[H, W]``."""
-    values = np.asarray(Image.open(path).convert("L"))
-    return values >= MASK_PART, values >= MASK_OBJECT
+def read_mask(path: str | Path) -> np.ndarray:
+    """A toy mask file as its label map ``uint8 [H, W]`` (values of :data:`REGIONS`, 0 the background)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"))
 
 
 # ------------------------------------------------------------------------------------- the toy backbone
 
 def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """All images of a split as ``uint8 [N, H, W, 3]``, their masks ``uint8 [N, H, W]`` and, for each, what was
-    drawn in it."""
-    rows = [json.loads(line) for line in (Path(root) / "attributes" / f"{split}.jsonl").read_text().splitlines()]
+    """All images of a split as ``uint8 [N, H, W, 3]``, their label maps ``uint8 [N, H, W]`` and, for each,
+    what was drawn in it."""
+    path = Path(root) / "attributes" / f"{split}.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError) as exc:
+        raise FinerCamError(f"{path}: cannot read the toy attributes ({exc}); `python -m finer_cam.toy data` "
+                            "writes them") from None
     images, masks = [], []
     for row in rows:
         with Image.open(Path(root) / split / row["image"]) as img:
             images.append(np.asarray(img.convert("RGB")))
-        with Image.open(Path(root) / "masks" / split / row["image"]) as mask:
-            masks.append(np.asarray(mask.convert("L")))
+        masks.append(read_mask(Path(root) / "masks" / split / row["image"]))
     return np.stack(images), np.stack(masks), rows
 
 
-HUE_BINS = 12  # the backbone names the stripe's hue to the nearest 30 degrees
+PARTS = tuple(LABELS["parts"])  # wheels, badge, light, roof
 
 
-def attribute_targets(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(group [N], stripe hue bin [N], body RGB [N, 3])`` of what was drawn."""
-    groups = np.array([r["group"] for r in rows])
-    hues = np.array([colorsys.rgb_to_hsv(*r["stripe_rgb"])[0] for r in rows])
-    bins = np.round(hues * HUE_BINS).astype(int) % HUE_BINS
-    body = np.array([r["body_rgb"] for r in rows], dtype=np.float32)
-    return groups, bins, body
+def part_states(rows: list[dict], n_groups: int) -> tuple[np.ndarray, list[str]]:
+    """What each part of each image shows, as one index per part into a shared list of looks: ``[N, 4]``
+    (wheels, badge, light, roof) and the list (``"wheels:silver"``, ..., ``"roof:Hatch"``, ...)."""
+    names = [f"{p}:{c}" for p in PART_COLOURS for c in PART_COLOURS[p]] + [f"roof:{g}" for g in list(GROUPS)[:n_groups]]
+    index = {n: i for i, n in enumerate(names)}
+    states = np.array([[index[f"{p}:{r['looks'][p]}"] for p in PART_COLOURS] + [index[f"roof:{list(GROUPS)[r['group']]}"]]
+                       for r in rows])
+    return states, names
 
 
-def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_size: int = 64, lr: float = 1e-3,
-                   seed: int = 0, threads: int = 2, image_hue: float = 1.0, progress=None) -> dict:
+def patch_targets(masks: np.ndarray, patch: int) -> np.ndarray:
+    """The share of each region (background and :data:`REGIONS`) in each patch: ``uint8 [B, H, W] ->
+    float [B, N, 1 + len(REGIONS)]``, patches in row-major order."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.ascontiguousarray(masks)).long()
+    onehot = F.one_hot(m, 1 + len(REGIONS)).permute(0, 3, 1, 2).float()  # [B, R, H, W]
+    return F.avg_pool2d(onehot, patch).flatten(2).transpose(1, 2).numpy()
+
+
+def patch_labels(shares: np.ndarray, states: np.ndarray, names: list[str]) -> np.ndarray:
+    """What each patch mainly shows, for the locality probe: ``background``, ``body`` or the look of the part
+    covering most of it (``wheels:gold``, ...), as indices into ``["background", "body", *names]``, and -1
+    for patches no region covers to at least a half: ``[B, N]``."""
+    main = shares.argmax(-1)  # [B, N]: 0 background, 1 body, 2.. parts in PARTS order
+    label = np.where(main < 2, main, 0)
+    part = np.clip(main - 2, 0, len(PARTS) - 1)
+    label = np.where(main >= 2, 2 + np.take_along_axis(states, part, axis=1), label)
+    return np.where(shares.max(-1) >= 0.5, label, -1)
+
+
+def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_size: int = 16, lr: float = 1e-3,
+                   seed: int = 0, threads: int = 2, image_parts: float = 1.0, limit: int | None = None,
+                   progress=None) -> dict:
     """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split and save it in the
-    official checkpoint layout. Returns what was measured (accuracies, seconds).
+    official checkpoint layout. Returns what was measured (seconds, images, final loss).
 
-    The backbone learns to describe what it sees, not the 16 classes. Every patch token says what its own
-    patch shows (how much stripe and car, the stripe's hue there or "no stripe", the body type there); from
-    the pooled features the classifier uses (mean of the normalised patch tokens) it names the body type and
-    colour and, weighted by ``image_hue``, the stripe's hue (to the nearest 30 degrees; hues are shared
-    between groups). Such features keep visual similarity, as DINOv2's self-supervised ones do: siblings,
-    which differ only in the stripe, stay close. ``image_hue=0`` leaves the hue to the stripe's own tokens
-    (more local maps, a less accurate linear head; the README compares the weights).
+    The backbone learns to describe what is drawn, never the 16 classes. Every patch token says what its own
+    patch shows: how much of it is background, body, wheels, badge, light and roof box, and, on a part, that
+    part's look (silver or gold rims, ...); on the car, which body it belongs to. From the pooled features
+    (the mean of the normalised patch tokens, what the classifier reads) it names the body type and colour,
+    and, weighted by ``image_parts``, the look of each part. Such features keep visual
+    similarity, as DINOv2's self-supervised ones do: siblings, which differ in one or two parts, stay close.
+    ``limit`` trains on the first images only (tests).
     """
     import time
 
@@ -276,11 +374,13 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_si
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    x_train, m_train, rows_train = load_split(root, "train")
-    x_test, _, rows_test = load_split(root, "test")
-    g_train, h_train, b_train = attribute_targets(rows_train)
-    g_test, h_test, _ = attribute_targets(rows_test)
-    n_groups = int(g_train.max()) + 1
+    x_train, m_train, rows = load_split(root, "train")
+    if limit:
+        x_train, m_train, rows = x_train[:limit], m_train[:limit], rows[:limit]
+    groups = np.array([r["group"] for r in rows])
+    body_rgb = np.array([r["body_rgb"] for r in rows], dtype=np.float32)
+    n_groups = len(GROUPS)
+    states, state_names = part_states(rows, n_groups)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS["imagenet"])
 
     def prepare(batch: np.ndarray) -> torch.Tensor:
@@ -288,45 +388,43 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_si
 
     backbone = build("vit_toy", img_size=x_train.shape[1])
     backbone.init_weights(torch.Generator().manual_seed(seed))
-    image_head = torch.nn.Linear(backbone.embed_dim, n_groups + HUE_BINS + 3)
-    token_head = torch.nn.Linear(backbone.embed_dim, 2 + HUE_BINS + 1 + n_groups)  # hue bins + "no stripe here"
-
-    def patches(x: torch.Tensor) -> torch.Tensor:
-        return backbone.forward_features(x)["x_norm_patchtokens"]  # [B, N, D]
+    n_regions, n_states = 1 + len(REGIONS), len(state_names)
+    image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + len(PARTS) * n_states)
+    token_head = torch.nn.Linear(backbone.embed_dim, n_regions + n_states + n_groups)
 
     def image_loss(tokens: torch.Tensor, i: np.ndarray) -> torch.Tensor:
         guess = image_head(tokens.mean(1))
-        loss = F.cross_entropy(guess[:, :n_groups], torch.from_numpy(g_train[i])) + \
-            F.mse_loss(guess[:, -3:], torch.from_numpy(b_train[i]))
-        if image_hue:
-            loss = loss + image_hue * F.cross_entropy(guess[:, n_groups:n_groups + HUE_BINS],
-                                                      torch.from_numpy(h_train[i]))
+        loss = F.cross_entropy(guess[:, :n_groups], torch.from_numpy(groups[i])) + \
+            F.mse_loss(guess[:, n_groups:n_groups + 3], torch.from_numpy(body_rgb[i]))
+        if image_parts:
+            looks = guess[:, n_groups + 3:].reshape(len(i), len(PARTS), n_states)
+            loss = loss + image_parts * F.cross_entropy(looks.flatten(0, 1), torch.from_numpy(states[i]).flatten())
         return loss
 
     def token_loss(tokens: torch.Tensor, masks: np.ndarray, i: np.ndarray) -> torch.Tensor:
-        m = torch.from_numpy(masks).unsqueeze(1)
-        part = F.avg_pool2d((m >= MASK_PART).float(), backbone.patch_size).flatten(1)  # [B, N]
-        obj = F.avg_pool2d((m >= MASK_OBJECT).float(), backbone.patch_size).flatten(1)
-        guess = token_head(tokens)  # [B, N, 2 + bins + groups]
-        loss = F.mse_loss(guess[..., 0], part) + F.mse_loss(guess[..., 1], obj)
-        on_part, off_part, on_car = part > 0.25, part == 0, obj > 0.3
-        hue = torch.from_numpy(h_train[i]).unsqueeze(1).expand_as(part).clone()
-        hue[off_part] = HUE_BINS  # "no stripe here": the hue lives in the stripe's tokens
-        known = on_part | off_part
-        group = torch.from_numpy(g_train[i]).unsqueeze(1).expand_as(part)
-        loss = loss + F.cross_entropy(guess[..., 2:3 + HUE_BINS][known], hue[known])
+        shares = torch.from_numpy(patch_targets(masks, backbone.patch_size))  # [B, N, R]
+        guess = token_head(tokens)  # [B, N, R + states + groups]
+        loss = -(shares * F.log_softmax(guess[..., :n_regions], -1)).sum(-1).mean()  # soft cross-entropy
+        part_share, part = shares[..., 2:].max(-1)  # the part covering most of each patch
+        on_part = part_share >= 0.25
+        if on_part.any():
+            look = torch.from_numpy(states[i]).gather(1, part)  # [B, N]
+            loss = loss + F.cross_entropy(guess[..., n_regions:n_regions + n_states][on_part], look[on_part])
+        on_car = shares[..., 0] <= 0.7
         if on_car.any():
-            loss = loss + F.cross_entropy(guess[..., 3 + HUE_BINS:][on_car], group[on_car])
+            group = torch.from_numpy(groups[i]).unsqueeze(1).expand_as(on_car)
+            loss = loss + F.cross_entropy(guess[..., n_regions + n_states:][on_car], group[on_car])
         return loss
 
     params = [*backbone.parameters(), *image_head.parameters(), *token_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    total, warmup, step = epochs * -(-len(g_train) // batch_size), 50, 0
+    total, step = epochs * -(-len(groups) // batch_size), 0
+    warmup = max(1, min(50, total // 10))
     generator = torch.Generator().manual_seed(seed)
     start = time.monotonic()
     for epoch in range(epochs):
         backbone.train()
-        for idx in torch.randperm(len(g_train), generator=generator).split(batch_size):
+        for idx in torch.randperm(len(groups), generator=generator).split(batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / total))
             i = idx.numpy()
@@ -334,7 +432,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_si
             flip = np.random.default_rng([seed, step]).random(len(i)) < 0.5  # mirrored views
             x[torch.from_numpy(flip)] = x[torch.from_numpy(flip)].flip(-1)
             masks = np.ascontiguousarray(np.where(flip[:, None, None], masks[:, :, ::-1], masks))
-            tokens = patches(x)
+            tokens = backbone.forward_features(x)["x_norm_patchtokens"]  # [B, N, D]
             loss = image_loss(tokens, i) + token_loss(tokens, masks, i)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -345,13 +443,80 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 16, batch_si
     seconds = time.monotonic() - start
     state = {k: v.detach().clone().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write_bytes(Path(out), lambda f: torch.save(state, f))
-    backbone.eval()
-    with torch.no_grad():
-        pred = torch.cat([image_head(patches(prepare(x_test[i:i + 256])).mean(1))
-                          for i in range(0, len(g_test), 256)]).numpy()
-    return {"test_group_accuracy": round(float((pred[:, :n_groups].argmax(1) == g_test).mean()), 4),
-            "test_stripe_hue_accuracy": round(float((pred[:, n_groups:n_groups + HUE_BINS].argmax(1) == h_test).mean()), 4),
-            "seconds": round(seconds, 1), "epochs": epochs, "train_images": int(len(g_train)), "threads": threads}
+    return {"seconds": round(seconds, 1), "epochs": epochs, "train_images": int(len(groups)), "threads": threads,
+            "final_loss": round(float(loss.item()), 4)}
+
+
+# ----------------------------------------------------------------------------------------- premise checks
+
+def premise_checks(root: str | Path, weights: str | Path, head: str | Path, device: str = "cpu",
+                   probe_images: int = 100, batch_size: int = 64) -> dict:
+    """Whether the toy world and its backbone have the properties Finer-CAM assumes, measured on the test
+    split with a trained head (``train_classifier.py``'s ``best_classifier.pth``):
+
+    - ``locality_accuracy``: a linear probe (logistic regression) on single patch tokens, fitted on the
+      first ``probe_images`` training images, tells what its own patch mainly shows (background, body, or
+      which part in which look: 2 + 10 labels); balanced accuracy (the mean recall over the labels) on the
+      test patches that one region covers to at least a half;
+    - ``head_accuracy``: the head's top-1 accuracy on the test split;
+    - ``sibling_rank1_fraction``: the share of test images whose rank-1 reference (the class with the
+      logit closest to the true class's, generate_cam.py's default ranking) is a sibling (same group).
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .data import NORMALIZATIONS
+    from .models import load_classifier
+    from .targets import rank_references
+
+    names = (Path(root) / "classes.txt").read_text(encoding="utf-8").split("\n")
+    names = [n for n in names if n]
+    model = load_classifier(weights, head, "vit_toy", device)
+    if model.num_classes != len(names):
+        raise FinerCamError(f"{head}: the head has {model.num_classes} classes, {root}/classes.txt lists {len(names)}")
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS["imagenet"])
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens, logits = [], []
+        with torch.no_grad():
+            for s in range(0, len(images), batch_size):
+                x = ((torch.from_numpy(images[s:s + batch_size]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std)
+                t = model.backbone.forward_features(x.to(device))["x_norm_patchtokens"]
+                tokens.append(t.cpu().numpy())
+                logits.append(model.head(t.mean(1)).cpu().numpy())
+        return np.concatenate(tokens), np.concatenate(logits)
+
+    x_train, m_train, rows_train = load_split(root, "train")
+    pick = np.random.default_rng(0).permutation(len(rows_train))[:probe_images]
+    tok_train, _ = run(x_train[pick])
+    x_test, m_test, rows_test = load_split(root, "test")
+    tok_test, logits = run(x_test)
+    n_groups = len(GROUPS)
+    patch = model.patch_size
+
+    def probe_data(tokens, masks, rows):
+        states, state_names = part_states(rows, n_groups)
+        labels = patch_labels(patch_targets(masks, patch), states, state_names).reshape(-1)
+        keep = labels >= 0
+        return tokens.reshape(-1, tokens.shape[-1])[keep], labels[keep]
+
+    a, la = probe_data(tok_train, m_train[pick], [rows_train[i] for i in pick])
+    b, lb = probe_data(tok_test, m_test, rows_test)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced")).fit(a, la)
+    guess = probe.predict(b)
+    recalls = [float((guess[lb == c] == c).mean()) for c in np.unique(lb)]
+    class_of = {n: i for i, n in enumerate(names)}
+    labels = np.array([class_of[r["image"].split("/")[0]] for r in rows_test])
+    logits_t = torch.from_numpy(logits)
+    rank1 = rank_references(logits_t, torch.from_numpy(labels), 1)[:, 0].numpy()
+    same_group = np.array([class_parts(names[r])[0] == class_parts(names[t])[0] for r, t in zip(rank1, labels)])
+    return {"locality_accuracy": round(float(np.mean(recalls)), 4),
+            "head_accuracy": round(float((logits.argmax(1) == labels).mean()), 4),
+            "sibling_rank1_fraction": round(float(same_group.mean()), 4),
+            "test_images": int(len(labels)), "probe_patches": {"train": int(len(la)), "test": int(len(lb))},
+            "probe_labels": int(len(recalls))}
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -367,44 +532,60 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import main_guard, setup_logging
 
     p = argparse.ArgumentParser(prog="python -m finer_cam.toy", description="The synthetic fine-grained world: "
-                                "generate the data set, or train the small backbone the demo ships with.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "generate the data set, train the small backbone the demo ships with, or measure "
+                                "the premise checks.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="write the toy data set (skipped when it is already there with these settings)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("--root", default=DEFAULT_ROOT, help="where the data set goes")
-    d.add_argument("--train_per_class", type=int, default=ToyConfig.train_per_class)
-    d.add_argument("--test_per_class", type=int, default=ToyConfig.test_per_class)
-    d.add_argument("--image_size", type=int, default=ToyConfig.image_size)
-    d.add_argument("--seed", type=int, default=ToyConfig.seed)
-    d.add_argument("--workers", type=int, default=2, help="processes drawing images")
+    b = sub.add_parser("backbone", help="train vit_toy from scratch on the toy training split, without the class "
+                       "labels (a few minutes)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for q in (d, b):
+        q.add_argument("--root", default=DEFAULT_ROOT, help="where the data set goes (backbone: generated first "
+                       "when missing)")
+        q.add_argument("--train_per_class", type=int, default=ToyConfig.train_per_class)
+        q.add_argument("--test_per_class", type=int, default=ToyConfig.test_per_class)
+        q.add_argument("--image_size", type=int, default=ToyConfig.image_size)
+        q.add_argument("--seed", type=int, default=ToyConfig.seed, help="the data set's seed (and the backbone's)")
+        q.add_argument("--workers", type=int, default=2, help="processes drawing images")
     d.add_argument("--overwrite", action="store_true", help="write it again even when it is there")
-    b = sub.add_parser("backbone", help="train vit_toy from scratch on the toy training split (about 2 minutes)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--root", default=DEFAULT_ROOT, help="the toy data set (generated first if missing)")
     b.add_argument("--out", default=DEFAULT_WEIGHTS, help="the checkpoint to write (official DINOv2 layout)")
-    b.add_argument("--epochs", type=int, default=16)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--epochs", type=int, default=4)
+    b.add_argument("--batch_size", type=int, default=16)
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--image_hue", type=float, default=1.0,
-                   help="weight of the image-level stripe-hue target; 0 leaves the hue to the stripe's own "
-                        "tokens: more local maps, a less accurate linear head")
+    b.add_argument("--image_parts", type=float, default=1.0,
+                   help="weight of the image-level target 'the look of each part' on the pooled features; 0 "
+                        "leaves the parts' looks to their own tokens")
+    pr = sub.add_parser("premise", help="measure the premise checks (locality probe, head accuracy, look-alike "
+                        "siblings) and write them as JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pr.add_argument("--root", default=DEFAULT_ROOT, help="the toy data set")
+    pr.add_argument("--weights", default=DEFAULT_WEIGHTS, help="the toy backbone")
+    pr.add_argument("--head", required=True, help="the head train_classifier.py wrote (best_classifier.pth)")
+    pr.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    pr.add_argument("--probe_images", type=int, default=100, help="training images the locality probe is fitted on")
     args = p.parse_args(argv)
     setup_logging()
 
-    def body() -> int:
-        if args.command == "data":
+    def body(stop) -> int:
+        if args.command in ("data", "backbone"):
             cfg = ToyConfig(image_size=args.image_size, train_per_class=args.train_per_class,
                             test_per_class=args.test_per_class, seed=args.seed)
-            wrote = write_dataset(args.root, cfg, workers=args.workers, overwrite=args.overwrite)
+            wrote = write_dataset(args.root, cfg, workers=args.workers, overwrite=getattr(args, "overwrite", False))
             print(f"toy data {'written to' if wrote else 'already in'} {args.root}: {len(cfg.class_names)} classes, "
                   f"{cfg.train_per_class} train and {cfg.test_per_class} test images a class", file=sys.stderr)
-            return 0
-        write_dataset(args.root, ToyConfig(), workers=2)
-        report = train_backbone(args.root, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads,
-                                image_hue=args.image_hue,
-                                progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}", file=sys.stderr))
-        print(json.dumps(report))
+        if args.command == "backbone":
+            report = train_backbone(args.root, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                                    seed=args.seed, threads=args.threads, image_parts=args.image_parts,
+                                    progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}",
+                                                                      file=sys.stderr))
+            print(json.dumps(report))
+        elif args.command == "premise":
+            for flag, path in (("--weights", args.weights), ("--head", args.head)):
+                if not Path(path).is_file():
+                    raise FinerCamError(f"{flag} {path}: no such file")
+            report = premise_checks(args.root, args.weights, args.head, probe_images=args.probe_images)
+            if args.out:
+                write_json(Path(args.out), report)
+            print(json.dumps(report))
         return 0
 
     return main_guard("finer_cam.toy", body)

@@ -47,6 +47,7 @@ def world(tmp_path_factory):
 def test_tables_and_figures(world, tmp_path, size, capsys):
     out = tmp_path / "eval"
     rc = evaluate.main(["--cam_dir", str(world / f"cams_{size}"), "--out", str(out), "--masks", str(world / "masks"),
+                        "--mask_format", "levels",
                         "--steps", "5", "--num_workers", "0", "--percent", "5", "10", "25"])
     assert rc == 0
     printed = capsys.readouterr().out
