@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from finer_cam.downloads import OFFLINE_ENV, BarFactory, DownloadError, download, offline_requested  # noqa: F401
+from finer_cam.downloads import BarFactory, download
 
 from .vision_transformer import CheckpointError, load_dinov2
 

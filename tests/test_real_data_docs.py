@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import tiny_clip, torchscript_archive, write_image
 from test_prepare import cub_tarball, kaggle_cars_zip
-from test_weights import Server
+from test_weights import serve_weights
 
 import clip
 import evaluate
@@ -24,9 +24,7 @@ import generate_cam
 import prepare_dataset
 import train_classifier
 import visualize
-from dinov2 import DinoVisionTransformer, ViTConfig, hub
-from finer_cam import downloads
-from finer_cam import weights
+from dinov2 import DinoVisionTransformer, ViTConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "real_data.md"
 SCRIPTS = {"generate_cam.py": generate_cam, "visualize.py": visualize, "train_classifier.py": train_classifier,
@@ -56,14 +54,8 @@ def birds_zip(path: Path) -> None:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    server = Server()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(hub.DINOV2_URL_ENV, server.url + "/dinov2")
-    monkeypatch.setenv(clip.CLIP_URL_ENV, server.url + "/clip")
-    monkeypatch.delenv(downloads.OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(weights, "LOCAL", {"dinov2": tmp_path / "none", "clip": tmp_path / "none"})
+    server = serve_weights(tmp_path, monkeypatch)
     torch.manual_seed(0)
     vit = DinoVisionTransformer(ViTConfig(embed_dim=768, depth=1, num_heads=12))
     torch.save(vit.state_dict(), tmp_path / "vit.pth")

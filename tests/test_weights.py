@@ -68,9 +68,9 @@ class Server:
         self.httpd.server_close()
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A served tiny DINOv2 (as dinov2_vitb14) and tiny CLIP (as ViT-B/16), caches under tmp_path."""
+def serve_weights(tmp_path, monkeypatch) -> Server:
+    """A server on 127.0.0.1 that the DINOv2 and CLIP URL tables point at, with downloads allowed, the
+    caches (torch hub, ~/.cache/clip) under ``tmp_path`` and no local weights folder."""
     server = Server()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -78,6 +78,13 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv(clip.CLIP_URL_ENV, server.url + "/clip")
     monkeypatch.delenv(downloads.OFFLINE_ENV, raising=False)
     monkeypatch.setattr(weights, "LOCAL", {"dinov2": tmp_path / "none", "clip": tmp_path / "none"})
+    return server
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A served tiny DINOv2 (as dinov2_vitb14) and tiny CLIP (as ViT-B/16), caches under tmp_path."""
+    server = serve_weights(tmp_path, monkeypatch)
     model = save_tiny_classifier(tmp_path, num_classes=4)
     (tmp_path / "class_names.txt").write_text("a\nb\nc\nd\n")
     server.files["/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"] = (tmp_path / "backbone.pth").read_bytes()
