@@ -37,8 +37,8 @@ from .data import MAX_PIXELS, ImageDataset, Preprocess, check_runtime, make_load
 from .device import resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import FinerCamError
-from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, read_map_file, read_run,
-                 read_text, safe_relative, write_json)
+from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, is_special, read_map_file,
+                 read_run, read_text, safe_relative, write_json)
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                       relative_drop, top_percent_mask)
 from .models import load_classifier
@@ -162,6 +162,8 @@ class GroundTruth:
     def _regions(self, rel: str, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
         if self.masks is not None:
             path = self.masks / Path(rel).with_suffix(".png")
+            if is_special(path):  # a FIFO or a device would block the read for ever
+                raise SkippedFile(path, "not a regular file (a FIFO, device or socket)")
             if not path.is_file():
                 return None
             try:

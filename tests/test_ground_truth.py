@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,12 +135,15 @@ def test_an_unreadable_mask_is_named_skipped_and_counted(world, tmp_path, capsys
 
     shutil.copytree(world / "masks", masks)
     (masks / "b" / "1.png").write_bytes(b"not a png")
+    (masks / "a" / "0.png").unlink()
+    os.mkfifo(masks / "a" / "0.png")  # named and skipped, never waited on
     out = tmp_path / "eval"
     rc = evaluate.main(["--cam_dir", str(world / "cams"), "--out", str(out), "--steps", "0", "--num_workers", "0",
                         "--masks", str(masks), "--attributes", str(world / "looks.json")])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "b/1.png: unreadable mask" in err and "Traceback" not in err and "1 images skipped" in err
+    assert "b/1.png: unreadable mask" in err and "Traceback" not in err and "2 images skipped" in err
+    assert "a/0.png: not a regular file" in err
     rows = list(csv.DictReader(open(out / "per_image.csv")))
-    assert {r["image"] for r in rows} == {f"{c}/{j}.png" for c in CLASSES for j in range(2)} - {"b/1.png"}
-    assert json.loads((out / "summary.json").read_text())["failed"] == 1
+    assert {r["image"] for r in rows} == {f"{c}/{j}.png" for c in CLASSES for j in range(2)} - {"b/1.png", "a/0.png"}
+    assert json.loads((out / "summary.json").read_text())["failed"] == 2
