@@ -21,8 +21,8 @@ from .device import resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
 from .io import MapWriter, RunFolder, check_folder, is_special, map_names
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, ClipClassifier, arch_name,
-                     backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
+                     backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, parse_modes
 from .weights import resolve_weights
@@ -95,20 +95,6 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
     return read_class_names(path), str(path)
 
 
-def _check_sidecar_backbone(sidecar: dict, model, head_path: str, model_path: str) -> None:
-    """A head trained on another backbone of the same width would load but explain nonsense: refuse it."""
-    trained = sidecar.get("backbone")
-    if not isinstance(trained, dict):
-        return
-    have = backbone_shape(model.backbone)
-    if isinstance(model, ClipClassifier):
-        have["pool"] = model.pooling
-    differ = [f"{k} {trained[k]} vs {v}" for k, v in have.items() if k in trained and trained[k] != v]
-    if differ:
-        raise FinerCamError(f"{head_path}: trained on another backbone than {model_path} "
-                            f"({'; '.join(differ)}, per its {SIDECAR})")
-
-
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
@@ -158,11 +144,10 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         if model.num_classes != len(class_names):
             raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
                                 f"lists {len(class_names)}; pass the head's class list with --class_names")
-        _check_sidecar_backbone(sidecar, model, head_path, model_path)
         head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes,
                      "sha256": file_sha256(head_path, remember=False)}
-    is_clip = isinstance(model, ClipClassifier)
-    normalize = cfg.normalize or sidecar.get("normalize") or ("clip" if is_clip else "imagenet")
+    kind = backbone_kind(model.backbone)
+    normalize = cfg.normalize or sidecar.get("normalize") or kind.normalize
     if normalize not in NORMALIZATIONS:
         raise FinerCamError(f"--normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
     if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
@@ -178,7 +163,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         if mode.alpha and all(r > model.num_classes - 1 for r in mode.ranks):
             log.warning("--modes %s: every rank lies beyond the %d other classes, so this mode is plain Grad-CAM "
                         "(its label still says α=%g)", mode.spec, model.num_classes - 1, mode.alpha)
-    native = model.backbone.input_resolution if is_clip else 224
+    native = kind.native_size(model.backbone)
     image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", native))
     mean, std = NORMALIZATIONS[normalize]
     preprocess = Preprocess(mean, std, image_size=None if cfg.max_size else image_size, max_size=cfg.max_size,
@@ -192,10 +177,10 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         "dataset_root": str(images.root),
         "modes": [m.to_json() for m in modes],
         "method": cfg.method,
-        "target_layer": "visual.transformer.resblocks[-1].ln_1" if is_clip else "blocks[-1].norm1",
-        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path), "arch": arch_name(model.backbone, cfg.arch),
-                     **backbone_shape(model.backbone),
-                     **({"pool": cfg.clip_pool} if is_clip else {})},
+        "target_layer": model.target_layer_name,
+        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path),
+                     "arch": arch_name(model.backbone, cfg.arch), **backbone_shape(model.backbone),
+                     **({"pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else {})},
         "head": head_info,
         **({"concepts": concepts.to_json()} if concepts else {}),
         "class_names_file": class_file,

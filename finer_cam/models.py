@@ -11,6 +11,8 @@ For CAMs both run in two parts, split at the target layer (the last block's firs
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from dinov2 import ARCHS, load_dinov2
+from dinov2 import ARCHS, DinoVisionTransformer, load_dinov2
 
 from .checkpoints import CheckpointError, load_state_dict_file
 from .errors import FinerCamError
@@ -28,8 +30,6 @@ from .weights import resolve_weights
 
 SIDECAR = "classifier_config.json"
 CLASS_LIST = "class_names.txt"
-BACKBONES = ("dinov2", "clip")
-DEFAULT_MODELS = {"dinov2": "dinov2_vitb14", "clip": "ViT-B/16"}  # names: see weights.py
 CLIP_POOLS = ("cls", "mean")  # CLIP's image embedding: OpenAI's class token, or the mean patch token
 
 
@@ -52,6 +52,8 @@ class Classifier(nn.Module):
     def target_norm(self, block: nn.Module) -> nn.Module:
         """The LayerNorm whose output is the CAM target layer."""
         return block.norm1
+
+    target_layer_name = "blocks[-1].norm1"  # where :attr:`target_layer` sits in the backbone, for run.json
 
     @property
     def target_layer(self) -> nn.Module:
@@ -116,6 +118,8 @@ class ClipClassifier(Classifier):
         self.pooling = pool
         self.normalize = normalize
 
+    target_layer_name = "visual.transformer.resblocks[-1].ln_1"
+
     def target_norm(self, block: nn.Module) -> nn.Module:
         return block.ln_1
 
@@ -125,26 +129,73 @@ class ClipClassifier(Classifier):
         return F.normalize(x, dim=-1) if self.normalize else x
 
 
-def feature_dim(backbone: nn.Module) -> int:
-    """The width of a head's input on this backbone: DINOv2's token width, CLIP's embedding size."""
-    return backbone.output_dim if isinstance(backbone, clip.VisionTransformer) else backbone.embed_dim
+# ------------------------------------------------------------------------------------- the backbone kinds
+
+@dataclass(frozen=True)
+class BackboneKind:
+    """Everything the scripts know about one kind of backbone; adding a kind is one entry in :data:`BACKBONES`."""
+
+    name: str
+    backbone_class: type[nn.Module]
+    default_model: str  # a checkpoint name that weights.py resolves (downloaded once)
+    normalize: str  # the normalisation it was trained with (data.NORMALIZATIONS), the default for its heads
+    load: Callable[[str, str], nn.Module]  # (checkpoint file, arch) -> the backbone on the CPU
+    native_size: Callable[[nn.Module], int]  # the input size it was trained at, the default image size
+    feature_dim: Callable[[nn.Module], int]  # the width of a head's input
+    shape: Callable[[nn.Module], dict]  # what a head trained on it depends on (checked against sidecars)
+    classifier: Callable[[nn.Module, nn.Linear, str], Classifier]  # (backbone, head, pooling)
 
 
-def backbone_shape(backbone: nn.Module) -> dict:
-    """What a head trained on this backbone depends on: its kind, width, depth and patch size (DINOv2: and
-    register tokens; CLIP: the embedding size)."""
-    if isinstance(backbone, clip.VisionTransformer):
-        return {"kind": "clip", "embed_dim": backbone.output_dim, "width": backbone.conv1.out_channels,
-                "depth": len(backbone.blocks), "patch_size": backbone.patch_size}
+def _dinov2_shape(backbone: nn.Module) -> dict:
     c = backbone.config
     return {"kind": "dinov2", "embed_dim": c.embed_dim, "depth": c.depth, "registers": c.num_register_tokens,
             "patch_size": c.patch_size}
 
 
+def _clip_shape(backbone: nn.Module) -> dict:
+    return {"kind": "clip", "embed_dim": backbone.output_dim, "width": backbone.conv1.out_channels,
+            "depth": len(backbone.blocks), "patch_size": backbone.patch_size}
+
+
+BACKBONES: dict[str, BackboneKind] = {
+    "dinov2": BackboneKind(
+        name="dinov2", backbone_class=DinoVisionTransformer, default_model="dinov2_vitb14", normalize="imagenet",
+        load=lambda path, arch: load_dinov2(path, arch=arch, map_location="cpu"),
+        native_size=lambda backbone: 224, feature_dim=lambda backbone: backbone.embed_dim, shape=_dinov2_shape,
+        classifier=lambda backbone, head, pool: Classifier(backbone, head)),
+    "clip": BackboneKind(
+        name="clip", backbone_class=clip.VisionTransformer, default_model="ViT-B/16", normalize="clip",
+        load=lambda path, arch: clip.load_model(path).visual,
+        native_size=lambda backbone: backbone.input_resolution, feature_dim=lambda backbone: backbone.output_dim,
+        shape=_clip_shape, classifier=lambda backbone, head, pool: ClipClassifier(backbone, head, pool)),
+}
+DEFAULT_MODELS = {name: kind.default_model for name, kind in BACKBONES.items()}
+
+
+def backbone_kind(backbone: nn.Module) -> BackboneKind:
+    """The registry entry of a loaded backbone."""
+    for kind in BACKBONES.values():
+        if isinstance(backbone, kind.backbone_class):
+            return kind
+    raise FinerCamError(f"a {type(backbone).__name__} is not a backbone kind this project knows "
+                        f"({', '.join(BACKBONES)})")
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """The width of a head's input on this backbone: DINOv2's token width, CLIP's embedding size."""
+    return backbone_kind(backbone).feature_dim(backbone)
+
+
+def backbone_shape(backbone: nn.Module) -> dict:
+    """What a head trained on this backbone depends on: its kind, width, depth and patch size (DINOv2: and
+    register tokens; CLIP: the embedding size)."""
+    return backbone_kind(backbone).shape(backbone)
+
+
 def arch_name(backbone: nn.Module, asked: str = "auto") -> str:
     """The name of a DINOv2 backbone's architecture (``vit_base``, ...), whether it was named or read off
     the checkpoint; ``asked`` for a CLIP tower or a shape that has no name."""
-    if isinstance(backbone, clip.VisionTransformer):
+    if backbone_kind(backbone).name != "dinov2":
         return asked
     c = backbone.config
     return next((name for name, a in ARCHS.items() if (a.embed_dim, a.depth, a.num_register_tokens, a.ffn)
@@ -152,19 +203,16 @@ def arch_name(backbone: nn.Module, asked: str = "auto") -> str:
 
 
 def load_backbone(model_path: str | Path, kind: str = "dinov2", arch: str = "auto") -> nn.Module:
-    """A DINOv2 ViT (``arch`` checked or read off the file) or CLIP's image tower, on the CPU; ``model_path``
-    is a file or an official name (:func:`finer_cam.weights.resolve_weights`)."""
-    if kind in BACKBONES:
-        model_path = resolve_weights(model_path, kind)
+    """A backbone of ``kind`` (DINOv2: ``arch`` checked or read off the file; CLIP: the image tower), on the
+    CPU; ``model_path`` is a file or an official name (:func:`finer_cam.weights.resolve_weights`)."""
+    if kind not in BACKBONES:
+        raise FinerCamError(f"backbone kind {kind!r}: expected one of {', '.join(BACKBONES)}")
+    model_path = resolve_weights(model_path, kind)
     _check_regular(model_path)
     try:
-        if kind == "dinov2":
-            return load_dinov2(str(model_path), arch=arch, map_location="cpu")
-        if kind == "clip":
-            return clip.load_model(model_path).visual
+        return BACKBONES[kind].load(str(model_path), arch)
     except (CheckpointError, clip.ClipCheckpointError) as exc:
         raise FinerCamError(str(exc)) from None
-    raise FinerCamError(f"--backbone {kind!r}: expected one of {', '.join(BACKBONES)}")
 
 
 def _check_regular(path: str | Path) -> None:
@@ -175,9 +223,7 @@ def _check_regular(path: str | Path) -> None:
 
 def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls") -> Classifier:
     """The classifier for this kind of backbone with a trained head."""
-    if isinstance(backbone, clip.VisionTransformer):
-        return ClipClassifier(backbone, head, clip_pool)
-    return Classifier(backbone, head)
+    return backbone_kind(backbone).classifier(backbone, head, clip_pool)
 
 
 def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Linear:
@@ -226,7 +272,22 @@ def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: s
         model = make_classifier(features, head, clip_pool)
     except FinerCamError as exc:  # the width check lives in Classifier; add which files disagree
         raise FinerCamError(f"{classifier_path} with {model_path}: {exc}") from None
+    _check_sidecar_backbone(read_sidecar(classifier_path), model, classifier_path, model_path)
     return freeze_and_pack(model, device)
+
+
+def _check_sidecar_backbone(sidecar: dict, model: Classifier, head_path: str | Path, model_path: str | Path) -> None:
+    """A head trained on another backbone of the same width would load but explain nonsense: refuse it."""
+    trained = sidecar.get("backbone")
+    if not isinstance(trained, dict):
+        return
+    have = backbone_shape(model.backbone)
+    if isinstance(model, ClipClassifier):
+        have["pool"] = model.pooling
+    differ = [f"{k} {trained[k]} vs {v}" for k, v in have.items() if k in trained and trained[k] != v]
+    if differ:
+        raise FinerCamError(f"{head_path}: trained on another backbone than {model_path} "
+                            f"({'; '.join(differ)}, per its {SIDECAR})")
 
 
 def load_concept_classifier(model_path: str | Path, texts: list[str], device: str | torch.device = "cpu",

@@ -30,8 +30,8 @@ from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, check_r
 from .device import autocast, resolve_device
 from .errors import FinerCamError
 from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, json_text, write_json
-from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, backbone_shape,
-                     feature_dim, freeze_and_pack, load_backbone, make_classifier)
+from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, backbone_kind,
+                     backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 from .weights import resolve_weights
 
@@ -364,9 +364,9 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, prog
     backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
     num_classes = len(split.class_names)
     model = freeze_and_pack(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
-    is_clip = isinstance(model, ClipClassifier)
-    cfg = replace(cfg, image_size=cfg.image_size or (backbone.input_resolution if is_clip else 224),
-                  normalize=cfg.normalize or ("clip" if is_clip else "imagenet"))
+    kind = backbone_kind(backbone)
+    cfg = replace(cfg, image_size=cfg.image_size or kind.native_size(backbone),
+                  normalize=cfg.normalize or kind.normalize)
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
     backbone_info = _backbone_info(cfg, model)
