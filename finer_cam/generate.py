@@ -15,8 +15,9 @@ from .downloads import file_sha256
 from . import __version__
 from .cam import FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
-from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, LabelMatcher, Preprocess,
-                   check_runtime, decode_raw, displayed_size, find_images, make_loader, read_class_names, shape_batches)
+from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
+                   Preprocess, check_runtime, decode_raw, displayed_size, find_images, make_loader, read_class_names,
+                   shape_batches)
 from .device import resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import FinerCamError
@@ -85,6 +86,35 @@ class Summary:
                 "label_fallback": self.label_fallback}
 
 
+@dataclass
+class RunSetup:
+    """A run once its arguments are checked and its model is loaded: what :func:`run_generate` works with."""
+
+    engine: FinerCAM
+    images: ImageList  # what to explain, and the root their relative paths start from
+    preprocess: Preprocess
+    class_names: list[str]
+    run_info: dict  # what run.json records
+    device: torch.device
+    concepts: ConceptSet | None  # a CLIP concept run; None for a classifier with a head
+    matcher: LabelMatcher = field(init=False)  # folder name -> class index
+
+    def __post_init__(self) -> None:
+        self.matcher = LabelMatcher(self.class_names)
+
+
+@dataclass
+class _Todo:
+    """The images of this process still to explain: their relative paths and map names, by loader index."""
+
+    rel_paths: list[str]
+    indices: list[int]  # positions in rel_paths, in loader order
+    map_names: dict[str, str]
+
+    def rel(self, loader_index: int) -> str:
+        return self.rel_paths[self.indices[loader_index]]
+
+
 def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str], str]:
     if cfg.class_names:
         path = Path(cfg.class_names)
@@ -95,7 +125,7 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
     return read_class_names(path), str(path)
 
 
-def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
+def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
     if cfg.save_size not in SAVE_SIZES:
@@ -197,7 +227,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None):
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    return model, engine, images, preprocess, class_names, run_info, device, concepts
+    return RunSetup(engine, images, preprocess, class_names, run_info, device, concepts)
 
 
 def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
@@ -208,17 +238,15 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     ranks = init_ranks(device_type)
     if ranks.world > 1 and device_type == "cuda":  # one GPU a rank
         cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
-    model, engine, images, preprocess, class_names, run_info, device, concepts = prepare(
-        cfg, progress if ranks.is_main else None)
-    folder = _open_folder(cfg, run_info, ranks)
-    matcher = LabelMatcher(class_names)
+    setup = prepare(cfg, progress if ranks.is_main else None)
+    images, preprocess, device = setup.images, setup.preprocess, setup.device
+    folder = _open_folder(cfg, setup.run_info, ranks)
     rel_paths = [images.relative(p) for p in images.paths]
-    npy_names = map_names(rel_paths)
     pending = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
-    todo = ranks.shard(pending)
+    todo = _Todo(rel_paths, ranks.shard(pending), map_names(rel_paths))
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(pending), main=ranks.is_main)
     progress = progress if ranks.is_main else None
-    dataset = ImageDataset([images.paths[i] for i in todo], preprocess, cfg.max_pixels, cfg.decode)
+    dataset = ImageDataset([images.paths[i] for i in todo.indices], preprocess, cfg.max_pixels, cfg.decode)
     batches = None
     if cfg.max_size:  # inputs differ in shape: batch images of equal shape together (read off their headers)
         shapes = [preprocess.input_size(*s) if s else None for s in map(displayed_size, dataset.paths)]
@@ -226,7 +254,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
         log.debug("%d images in %d input shapes", len(shapes), len(set(shapes)))
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda",
                          batches=batches)
-    bar = open_bar(progress, "Finer-CAM", len(todo))
+    bar = open_bar(progress, "Finer-CAM", len(todo.indices))
     writer = MapWriter(folder)
     finished = False
     try:
@@ -234,15 +262,14 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
             decode_raw(batch, preprocess, device)  # --decode torchvision: JPEGs decoded on the device
             for item in batch:
                 if item["error"] is not None:
-                    rel = rel_paths[todo[item["index"]]]
+                    rel = todo.rel(item["index"])
                     summary.failed += 1
                     summary.errors.append((rel, item["error"]))
                     log.error("%s: %s", images.root / rel, item["error"])
                     folder.add({"image": rel, "error": item["error"]})
             good = [item for item in batch if item["error"] is None]
             for group in _group_by_shape(good):
-                _explain_group(group, cfg, engine, writer, matcher, rel_paths, todo, npy_names, device, summary,
-                               concepts, images.root)
+                _explain_group(group, cfg, setup, todo, writer, summary)
             bar.update(len(batch))
             stop.check()
         writer.close()
@@ -289,14 +316,16 @@ def _group_by_shape(items: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def _explain_group(group, cfg, engine: FinerCAM, writer: MapWriter, matcher, rel_paths, todo, npy_names,
-                   device, summary: Summary, concepts: ConceptSet | None, root: Path) -> None:
-    rels = [rel_paths[todo[item["index"]]] for item in group]
+def _explain_group(group: list[dict], cfg: GenerateConfig, setup: RunSetup, todo: _Todo, writer: MapWriter,
+                   summary: Summary) -> None:
+    """Explain a batch of equally shaped images and hand their maps and index lines to ``writer``."""
+    engine, concepts, device = setup.engine, setup.concepts, setup.device
+    rels = [todo.rel(item["index"]) for item in group]
     x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
     if concepts is None:
         # an image's class is its own parent folder's name, also when that folder is the dataset root (one
         # class folder, or a list whose images all sit in one): nothing else in the list changes it
-        labels = [matcher((root / rel).parent.name) for rel in rels]
+        labels = [setup.matcher((setup.images.root / rel).parent.name) for rel in rels]
         label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
         result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
         targets = result.targets.cpu().tolist()
@@ -327,7 +356,7 @@ def _explain_group(group, cfg, engine: FinerCAM, writer: MapWriter, matcher, rel
             summary.label_fallback += 1
         entry = {
             "image": rel,
-            "map": npy_names[rel],
+            "map": todo.map_names[rel],
             "size": list(item["size"]),
             "input_size": [int(x.shape[-1]), int(x.shape[-2])],
             "label": labels[b],
@@ -336,7 +365,7 @@ def _explain_group(group, cfg, engine: FinerCAM, writer: MapWriter, matcher, rel
             "references": references[b],
             "top5": {"indices": top_i[b], "probs": [round(p, 6) for p in top_p[b]]},
         }
-        writer.submit(npy_names[rel], m.numpy(), entry)
+        writer.submit(todo.map_names[rel], m.numpy(), entry)
         summary.processed += 1
 
 
