@@ -458,7 +458,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
                 except SkippedFile as exc:
                     result.failed += 1
                     log.error("%s: %s (skipped)", exc.path, exc)
-            for group in _by_shape(ready, len(modes)):
+            for group in _by_shape(ready, len(modes), _variants_per_mode(cfg)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves,
                           run_info["modes"])
             bar.update(len(batch))
@@ -484,14 +484,19 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     return result
 
 
-def _by_shape(ready: list, n_modes: int) -> list[list]:
+def _variants_per_mode(cfg: EvaluateConfig) -> int:
+    """At most how many masked copies of an image one mode needs: one per k, and the two curves' steps."""
+    return len(cfg.percent) + (2 * (cfg.steps + 1) if cfg.steps > 0 else 0)
+
+
+def _by_shape(ready: list, n_modes: int, variants_per_mode: int) -> list[list]:
     """Groups of same-shaped images small enough that their masked variants fit :data:`VARIANT_BUDGET`."""
     groups: dict[tuple, list] = {}
     for r in ready:
         groups.setdefault(tuple(r[0]["image"].shape), []).append(r)
     out = []
     for shape, items in groups.items():
-        per_image = n_modes * shape[1] * shape[2] * 48  # ~ (k values + 2 curves of S+1 steps) masks per mode
+        per_image = n_modes * shape[1] * shape[2] * max(1, variants_per_mode)
         size = max(1, VARIANT_BUDGET // per_image)
         out += [items[i:i + size] for i in range(0, len(items), size)]
     return out

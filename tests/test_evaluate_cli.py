@@ -167,3 +167,18 @@ def test_part_discs_are_the_pixels_near_a_part():
                      for px, py in [(2.0, 1.0)]]) | np.array([[(x + 0.5 - 9.5) ** 2 + (y + 0.5 - 5.5) ** 2 <= 2.25
                                                                for x in range(10)] for y in range(7)])
     assert region.shape == (7, 10) and (region == want).all() and region.sum() > 4
+
+
+@pytest.mark.parametrize("steps", [0, 20, 100])
+def test_masked_variants_of_a_group_stay_within_the_budget_whatever_the_steps(steps):
+    """The group size follows --steps and --percent: with 100 curve steps a group is smaller, and every
+    group's masks (images x modes x variants x pixels) fit the budget."""
+    from finer_cam.evaluate import VARIANT_BUDGET, EvaluateConfig, _by_shape, _variants_per_mode
+
+    cfg = EvaluateConfig(cam_dir="x", out="y", steps=steps, percent=[5.0, 10.0])
+    variants = _variants_per_mode(cfg)
+    assert variants == 2 + (2 * (steps + 1) if steps else 0)
+    ready = [({"image": torch.zeros(3, 224, 224)},) for _ in range(200)]
+    groups = _by_shape(ready, 3, variants)
+    assert sum(len(g) for g in groups) == 200
+    assert all(len(g) * 3 * 224 * 224 * variants <= VARIANT_BUDGET for g in groups)
