@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import dinov2  # noqa: E402
 
-HEAD = ROOT / "tests" / "fixtures" / "classifier_cars_DINO.pth"
+HEAD = ROOT / "pretrained_models" / "classifier" / "stanford_cars" / "classifier_cars_DINO.pth"
 
 
 def timed(cmd: list[str]) -> float:

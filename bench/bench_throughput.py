@@ -36,7 +36,7 @@ from finer_cam.toy import DEFAULT_WEIGHTS, ToyConfig, write_dataset  # noqa: E40
 
 DEFAULT_ROOT = ROOT / TOY_ROOT
 
-HEAD = ROOT / "tests" / "fixtures" / "classifier_cars_DINO.pth"
+HEAD = ROOT / "pretrained_models" / "classifier" / "stanford_cars" / "classifier_cars_DINO.pth"
 VARIANTS = [("pil", "fp32"), ("draft", "fp32"), ("torchvision", "fp32"), ("pil", "tf32"), ("pil", "bf16"),
             ("draft", "bf16"), ("torchvision", "bf16")]
 
