@@ -92,9 +92,11 @@ def test_default_head_with_one_class_folder_gives_the_official_maps_for_that_cla
     assert run_info["head"]["path"] == str(CARS_HEAD) and run_info["class_names"] == CARS
     assert run_info["preprocessing"]["normalize"] == "clip" and run_info["preprocessing"]["image_size"] == 224
     index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
+    index.sort(key=lambda e: e["image"])  # the writer threads may finish in any order; paths below are sorted
     label = CARS.index("Acura RL Sedan 2012")
     assert [e["label"] for e in index] == [label] * 3 and [e["target"] for e in index] == [label] * 3
-    paths = sorted(folder.glob("*.jpg"))
+    paths = sorted(folder.glob("*.jpg"), key=lambda p: p.name)
+    assert [e["image"] for e in index] == [p.name for p in paths]
     ours = np.stack([np.load(tmp_path / "out" / e["map"], allow_pickle=False)[0] for e in index]).astype(np.float32)
     want = official_maps(backbone, paths, label)
     assert ours.shape == want.shape == (3, 224, 224)
