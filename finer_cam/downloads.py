@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import CheckpointError
+from .io import atomic_write_bytes
 
 log = logging.getLogger("finer_cam")
 
@@ -190,10 +191,7 @@ def remember_sha256(path: Path, digest: str) -> None:
     st = path.stat()
     text = json.dumps({"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, _sha_file(path))
+        atomic_write_bytes(_sha_file(path), lambda f: f.write(text.encode("utf-8")))
     except OSError:
         log.debug("%s: cannot keep its sha256 beside it", path)
 
