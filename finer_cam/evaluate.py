@@ -598,10 +598,6 @@ def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
 
 def _write_outputs(cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves, modes: list[str]) -> None:
     out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FinerCamError(f"--out {cfg.out}: cannot create the folder ({exc.strerror})") from None
     lock = FolderLock(out, "--out")  # also marks the figures as outputs, never read as images
     try:
         _write_tables(out, cfg, run_info, result, curves, modes)

@@ -128,6 +128,11 @@ class FolderLock:
     ends: a killed run never leaves a lock behind."""
 
     def __init__(self, folder: str | Path, flag: str) -> None:
+        """Lock ``folder`` (made first when missing); ``flag`` names it in the one-line errors."""
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FinerCamError(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})") from None
         self.path = Path(folder) / OUTPUT_MARKER
         self.existed = self.path.exists()
         try:

@@ -346,10 +346,6 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FinerCamError(f"--output_dir {out}: cannot create the folder ({exc.strerror or exc})") from None
     lock = FolderLock(out, "--output_dir")  # one training at a time in a folder
     try:
         return _train(cfg, out, device, split, progress, stop)

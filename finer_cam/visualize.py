@@ -241,10 +241,6 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
     examples = Examples(root, run_info["class_names"], explained)
     lead = map_lead_shape(run_info)
     grid_rows = []
-    try:
-        Path(cfg.save_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FinerCamError(f"--save_dir {cfg.save_dir}: cannot create the folder ({exc.strerror or exc})") from None
     lock = FolderLock(cfg.save_dir, "--save_dir")  # also marks the strips as outputs, never read as images
     try:
         if lock.existed:  # our folder: what a killed run was writing is gone
