@@ -207,8 +207,7 @@ def load_backbone(model_path: str | Path, kind: str = "dinov2", arch: str = "aut
     CPU; ``model_path`` is a file or an official name (:func:`finer_cam.weights.resolve_weights`)."""
     if kind not in BACKBONES:
         raise FinerCamError(f"backbone kind {kind!r}: expected one of {', '.join(BACKBONES)}")
-    model_path = resolve_weights(model_path, kind)
-    _check_regular(model_path)
+    model_path = _checkpoint_file(model_path, kind)
     try:
         return BACKBONES[kind].load(str(model_path), arch)
     except (CheckpointError, clip.ClipCheckpointError) as exc:
@@ -219,6 +218,14 @@ def _check_regular(path: str | Path) -> None:
     """A checkpoint path that is a FIFO or a device would block the loader for ever: refuse it."""
     if is_special(path):
         raise FinerCamError(f"{path}: not a regular file (a FIFO, device or socket)")
+
+
+def _checkpoint_file(model_path: str | Path, kind: str) -> Path:
+    """The file a ``--model_path`` (a file, or a checkpoint name downloaded once) stands for, checked to be a
+    regular file."""
+    path = resolve_weights(model_path, kind)
+    _check_regular(path)
+    return path
 
 
 def make_classifier(backbone: nn.Module, head: nn.Linear, clip_pool: str = "cls") -> Classifier:
@@ -294,8 +301,7 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
                             clip_pool: str = "cls", truncate: bool = False) -> ClipClassifier:
     """CLIP zero-shot: class ``i`` is ``texts[i]``; logits are the cosine similarities of the image and text
     embeddings times CLIP's logit scale. The text embeddings are computed here, once."""
-    model_path = resolve_weights(model_path, "clip")
-    _check_regular(model_path)
+    model_path = _checkpoint_file(model_path, "clip")
     try:
         model = clip.load_model(model_path)
         tokens = clip.tokenize(texts, context_length=model.context_length, truncate=truncate)
