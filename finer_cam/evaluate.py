@@ -213,7 +213,7 @@ def resolve_mask_format(masks: str | None, mask_format: str) -> str | None:
 def read_labels(path: Path) -> dict:
     """A mask folder's ``labels.json`` (see :class:`GroundTruth`), checked."""
     try:
-        legend = json.loads(path.read_text(encoding="utf-8"))
+        legend = json.loads(read_text(path, f"--masks: {path}"))
         regions = {str(k): int(v) for k, v in legend["regions"].items()}
         parts = [str(p) for p in legend.get("parts", [])]
         background = int(legend.get("background", 0))
@@ -232,7 +232,7 @@ def read_attributes(path: Path, class_names: list[str], regions: dict[str, int])
     look}, for the regions the label map names (other keys are left out). Every class of the run must be
     there."""
     try:
-        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+        classes = json.loads(read_text(path, f"--attributes {path}"))["classes"]
         looks = {name: {regions[k]: json.dumps(v, sort_keys=True) for k, v in classes[name].items() if k in regions}
                  for name in class_names if name in classes}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -255,12 +255,18 @@ def part_discs(points: list[tuple[float, float]], size: tuple[int, int], radius:
     return region
 
 
-def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
+def _read_csv(path: Path, flag: str) -> list[dict]:
+    """A user's CSV file (UTF-8, with or without a byte-order mark) as rows keyed by its header."""
+    text = read_text(path, f"{flag} {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FinerCamError(f"--parts {path}: cannot read ({exc})") from None
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise FinerCamError(f"{flag} {path}: not a CSV file ({exc})") from None
+
+
+def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """The part locations CSV ``image,part,x,y``: image path -> its visible parts' points."""
+    rows = _read_csv(path, "--parts")
     parts: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:
@@ -273,11 +279,7 @@ def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
 def _read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
     """The boxes CSV (UTF-8, with or without a byte-order mark): image path (relative, as in index.jsonl)
     -> its boxes."""
-    text = read_text(path, f"--boxes {path}")
-    try:
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    except csv.Error as exc:
-        raise FinerCamError(f"--boxes {path}: not a CSV file ({exc})") from None
+    rows = _read_csv(path, "--boxes")
     boxes: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:
