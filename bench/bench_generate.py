@@ -33,8 +33,11 @@ HEAD = ROOT / "pretrained_models" / "classifier" / "stanford_cars" / "classifier
 
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"bench_generate: exit status {done.returncode} from {' '.join(cmd)}\n{done.stderr[-3000:]}")
+    return seconds
 
 
 def main() -> None:

@@ -4,8 +4,9 @@
 # in-process images/s of every decoding path and precision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-python bench/bench_generate.py --device cuda --images 512 --batch 64 --repeat 1 --skip-official
-python bench/bench_generate.py --device cuda --images 512 --batch 64 --repeat 1 --skip-official --precision bf16
-python bench/bench_throughput.py --device cuda --images 2048 --batch 64 --workers 16 --skip_closeness
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+"$PYTHON" bench/bench_generate.py --device cuda --images 512 --batch 64 --repeat 1 --skip-official
+"$PYTHON" bench/bench_generate.py --device cuda --images 512 --batch 64 --repeat 1 --skip-official --precision bf16
+"$PYTHON" bench/bench_throughput.py --device cuda --images 2048 --batch 64 --workers 16 --skip_closeness

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .device import PRECISIONS, autocast
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .targets import DEFAULT_MODES, Mode, max_rank, objectives, parse_modes, rank_references, weight_cosine
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam")
@@ -69,7 +69,7 @@ def cam_from_gradients(method: str, activations: torch.Tensor, grads: torch.Tens
         return (grads.clamp(min=0) * a).sum(dim=-3)
     if method == "hirescam":
         return (grads * a).sum(dim=-3)
-    raise FinerCamError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    raise ArgumentError("method", method, f"expected one of {', '.join(METHODS)}")
 
 
 FLAT = 1e-5  # a map whose range is below this share of its magnitude is constant up to float rounding
@@ -271,9 +271,9 @@ class FinerCAM:
             raise FinerCamError("FinerCAM(model, target_layer, modes=...): the second argument is the target layer "
                                 "(a module of the model); pass the modes by name, modes=[...]")
         if method not in METHODS:
-            raise FinerCamError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+            raise ArgumentError("method", method, f"expected one of {', '.join(METHODS)}")
         if precision not in PRECISIONS:
-            raise FinerCamError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+            raise ArgumentError("precision", precision, f"expected one of {', '.join(PRECISIONS)}")
         self.model = model
         self.modes = _as_modes(modes)
         self.method = method
@@ -309,7 +309,7 @@ class FinerCAM:
         elif target in ("label", "predicted"):
             targets = predicted
         else:
-            raise FinerCamError(f"--target {target!r}: expected label or predicted")
+            raise ArgumentError("target", target, "expected label or predicted")
         return targets, self.references(logits, targets)
 
     def references(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

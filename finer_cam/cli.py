@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .checkpoints import CheckpointError
 from .data import MAX_PIXELS
-from .errors import FinerCamError
+from .errors import FinerCamError, speak_of_flags
 from .models import BACKBONES, CLIP_POOLS, DEFAULT_MODELS
 from .progress import Interrupted, StopRequest
 
@@ -95,6 +95,7 @@ def main_guard(prog: str, body: Callable[[StopRequest], int],
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    style = speak_of_flags(True)
     try:
         return body(stop)
     except (FinerCamError, CheckpointError) as exc:
@@ -104,5 +105,6 @@ def main_guard(prog: str, body: Callable[[StopRequest], int],
         print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        speak_of_flags(style)
         if in_main:
             signal.signal(signal.SIGINT, previous)

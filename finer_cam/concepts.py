@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FinerCamError
+from .errors import ArgumentError
 from .io import read_text
 
 DEFAULT_PROMPT = "a photo of a {}."
@@ -24,17 +24,17 @@ def fill(prompt: str, text: str) -> str:
 
 def read_concepts_file(path: str | Path) -> list[str]:
     """One concept a line; blank lines and lines starting with ``#`` are skipped."""
-    lines = read_text(path, f"--concepts_file {path}").splitlines()
+    lines = read_text(path, argument="concepts_file").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _check_unique(flag: str, items: list[str]) -> None:
+def _check_unique(argument: str, items: list[str]) -> None:
     seen: set[str] = set()
     for item in items:
         if not item:
-            raise FinerCamError(f"{flag}: an empty concept")
+            raise ArgumentError(argument, problem="an empty concept")
         if item.casefold() in seen:
-            raise FinerCamError(f"{flag}: {item!r} is given twice")
+            raise ArgumentError(argument, problem=f"{item!r} is given twice")
         seen.add(item.casefold())
 
 
@@ -54,16 +54,16 @@ class ConceptSet:
         if concepts_file:
             names += read_concepts_file(concepts_file)
         if not names:
-            raise FinerCamError("--concepts: give at least one concept (or a non-empty --concepts_file)")
-        _check_unique("--concepts", names)
+            raise ArgumentError("concepts", problem="give at least one concept (or a non-empty --concepts_file)")
+        _check_unique("concepts", names)
         others = [c.strip() for c in compare_with or []]
-        _check_unique("--compare_with", others)
+        _check_unique("compare_with", others)
         both = sorted({n.casefold() for n in names} & {o.casefold() for o in others})
         if both:
-            raise FinerCamError(f"--compare_with: {both[0]!r} is also a concept")
+            raise ArgumentError("compare_with", problem=f"{both[0]!r} is also a concept")
         prompt = DEFAULT_PROMPT if prompt is None else prompt
         if prompt.count(SLOT) != 1:
-            raise FinerCamError(f"--prompt {prompt!r}: the template needs exactly one {SLOT} where the concept goes")
+            raise ArgumentError("prompt", prompt, f"the template needs exactly one {SLOT} where the concept goes")
         return cls(tuple(names), tuple(others), prompt)
 
     @property

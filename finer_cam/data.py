@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 
-from .errors import FinerCamError
+from .errors import ArgumentError
 from .io import OUTPUT_MARKER, is_special, read_text
 
 log = logging.getLogger("finer_cam")
@@ -85,13 +85,13 @@ def find_images(source: str | Path) -> ImageList:
         root = source.resolve()
         paths = walk_images(root)
         if not paths:
-            raise FinerCamError(f"--dataset_path {source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise ArgumentError("dataset_path", Path(source), f"no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return ImageList(root, paths)
     if source.suffix.lower() in IMAGE_EXTENSIONS and source.exists():  # one image: its folder is the root
         path = source.resolve()
         return ImageList(path.parent, [path])
     if source.exists():
-        lines = read_text(source, f"--dataset_path {source}: the list file").splitlines()
+        lines = read_text(source, argument="dataset_path").splitlines()
         seen, paths = set(), []
         for number, line in enumerate(lines, start=1):
             line = line.strip()
@@ -101,19 +101,19 @@ def find_images(source: str | Path) -> ImageList:
                 p = Path(line)
                 p = (p if p.is_absolute() else source.parent / p).resolve()
             except (OSError, ValueError, RuntimeError) as exc:
-                raise FinerCamError(f"--dataset_path {source}: line {number}: not a usable path "
+                raise ArgumentError("dataset_path", Path(source), f"line {number}: not a usable path "
                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
             if p.is_dir():
-                raise FinerCamError(f"--dataset_path {source}: line {number}: {line!r} is a folder; a list file "
+                raise ArgumentError("dataset_path", Path(source), f"line {number}: {line!r} is a folder; a list file "
                                     "names image files (give the folder itself as --dataset_path)")
             if p not in seen:
                 seen.add(p)
                 paths.append(p)
         if not paths:
-            raise FinerCamError(f"--dataset_path {source}: the list file names no images")
+            raise ArgumentError("dataset_path", Path(source), "the list file names no images")
         root = Path(os.path.commonpath([str(p.parent) for p in paths]))
         return ImageList(root, paths)
-    raise FinerCamError(f"--dataset_path {source}: no such folder or list file")
+    raise ArgumentError("dataset_path", Path(source), "no such folder or list file")
 
 
 # ----------------------------------------------------------------------------------------------- class names
@@ -121,23 +121,23 @@ def find_images(source: str | Path) -> ImageList:
 def check_runtime(num_workers: int, max_pixels: int | None) -> None:
     """``--num_workers`` and ``--max_pixels``, as every script that decodes images takes them."""
     if num_workers < 0:
-        raise FinerCamError(f"--num_workers {num_workers}: expected 0 (decode in the main process) or more")
+        raise ArgumentError("num_workers", num_workers, "expected 0 (decode in the main process) or more")
     if max_pixels is not None and max_pixels < 0:
-        raise FinerCamError(f"--max_pixels {max_pixels}: expected a number of pixels, or 0 for no limit")
+        raise ArgumentError("max_pixels", max_pixels, "expected a number of pixels, or 0 for no limit")
 
 
 def read_class_names(path: str | Path) -> list[str]:
     """One class name a line, in the head's output order (blank lines at the end ignored; UTF-8, with or
     without a byte-order mark)."""
-    names = read_text(path, f"--class_names {path}").splitlines()
+    names = read_text(path, argument="class_names").splitlines()
     while names and not names[-1].strip():
         names.pop()
     names = [n.strip() for n in names]
     if not names or any(not n for n in names):
-        raise FinerCamError(f"--class_names {path}: expected one non-empty class name a line")
+        raise ArgumentError("class_names", Path(path), "expected one non-empty class name a line")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise FinerCamError(f"--class_names {path}: class {dup!r} is listed twice")
+        raise ArgumentError("class_names", Path(path), f"class {dup!r} is listed twice")
     return names
 
 
@@ -296,7 +296,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, paths: list[Path], preprocess: Preprocess, max_pixels: int | None = MAX_PIXELS,
                  decode: str = "pil") -> None:
         if decode not in DECODERS:
-            raise FinerCamError(f"--decode {decode!r}: expected one of {', '.join(DECODERS)}")
+            raise ArgumentError("decode", decode, f"expected one of {', '.join(DECODERS)}")
         self.paths = paths
         self.preprocess = preprocess
         self.max_pixels = max_pixels

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import FinerCamError
+from .errors import ArgumentError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -17,11 +17,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FinerCamError(f"--device {name}: CUDA is not available on this machine")
+        raise ArgumentError("device", name, "CUDA is not available on this machine")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise FinerCamError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise ArgumentError("device", name, "expected auto, cpu, cuda or cuda:N") from None
 
 
 @contextlib.contextmanager
@@ -29,7 +29,7 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """The model's precision: ``fp32`` as it is; ``tf32`` float32 tensors whose matrix products may use
     TF32 on CUDA (Ampere or newer; no effect elsewhere); ``bf16`` under autocast."""
     if precision not in PRECISIONS:
-        raise FinerCamError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ArgumentError("precision", precision, f"expected one of {', '.join(PRECISIONS)}")
     if precision == "tf32":
         before = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("high")

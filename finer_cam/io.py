@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 
 try:
     import fcntl
@@ -47,21 +47,28 @@ def is_special(path: str | Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def read_text(path: str | Path, what: str) -> str:
-    """A user's text file (list, class names, CSV, JSON) as text: UTF-8, a byte-order mark dropped; a
-    missing, special or undecodable file is a FinerCamError starting with ``what`` (e.g. ``--class_names X``)."""
+def read_text(path: str | Path, what: str | None = None, *, argument: str | None = None) -> str:
+    """A user's text file (list, class names, CSV, JSON) as text: UTF-8, a byte-order mark dropped. A missing,
+    special or undecodable file is a FinerCamError starting with ``what`` (e.g. ``--masks: X``), or, for a file
+    given as the argument ``argument``, an :class:`ArgumentError` of that argument."""
+
+    def fail(problem: str) -> FinerCamError:
+        if argument is not None:
+            return ArgumentError(argument, Path(path), problem)
+        return FinerCamError(f"{what or path}: {problem}")
+
     if is_special(path):
-        raise FinerCamError(f"{what}: not a regular file (a FIFO, device or socket)")
+        raise fail("not a regular file (a FIFO, device or socket)")
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise FinerCamError(f"{what}: no such file") from None
+        raise fail("no such file") from None
     except IsADirectoryError:
-        raise FinerCamError(f"{what}: a folder, not a file") from None
+        raise fail("a folder, not a file") from None
     except UnicodeDecodeError as exc:
-        raise FinerCamError(f"{what}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise fail(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise FinerCamError(f"{what}: cannot read ({exc.strerror or exc})") from None
+        raise fail(f"cannot read ({exc.strerror or exc})") from None
 
 
 def safe_relative(text) -> str | None:
@@ -323,7 +330,7 @@ def dataset_root(run_info: dict, dataset_dir: str | None, cam_dir: str | Path) -
     """The images' root: ``--dataset_dir`` when given, else the one run.json recorded; it must exist."""
     if dataset_dir:
         if not Path(dataset_dir).is_dir():
-            raise FinerCamError(f"--dataset_dir {dataset_dir}: no such folder")
+            raise ArgumentError("dataset_dir", Path(dataset_dir), "no such folder")
         return Path(dataset_dir)
     root = run_info.get("dataset_root")
     if not root or not Path(root).is_dir():
@@ -344,9 +351,9 @@ class RunFolder:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FinerCamError(f"--save_dir {save_dir}: cannot create the folder ({exc.strerror})") from None
+            raise ArgumentError("save_dir", Path(save_dir), f"cannot create the folder ({exc.strerror})") from None
         if not os.access(self.dir, os.W_OK):
-            raise FinerCamError(f"--save_dir {save_dir}: the folder is not writable")
+            raise ArgumentError("save_dir", Path(save_dir), "the folder is not writable")
         self.lock = FolderLock(self.dir, "--save_dir")  # held until close(): one run at a time per folder
         try:
             self._open(run_info, overwrite)

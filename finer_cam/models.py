@@ -23,7 +23,7 @@ import clip
 from dinov2 import ARCHS, DinoVisionTransformer, load_dinov2
 
 from .checkpoints import CheckpointError, load_state_dict_file
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .io import is_special, read_text
 from .kernels import pack_linears
 from .weights import resolve_weights
@@ -113,7 +113,7 @@ class ClipClassifier(Classifier):
     def __init__(self, backbone: clip.VisionTransformer, head: nn.Linear, pool: str = "cls",
                  normalize: bool = False) -> None:
         if pool not in CLIP_POOLS:
-            raise FinerCamError(f"--clip_pool {pool!r}: expected one of {', '.join(CLIP_POOLS)}")
+            raise ArgumentError("clip_pool", pool, f"expected one of {', '.join(CLIP_POOLS)}")
         super().__init__(backbone, head)
         self.pooling = pool
         self.normalize = normalize
@@ -308,7 +308,7 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
     except clip.ClipCheckpointError as exc:
         raise FinerCamError(str(exc)) from None
     except clip.ContextLengthError as exc:
-        raise FinerCamError(f"--concepts: {exc}; shorten it or pass --truncate") from None
+        raise ArgumentError("concepts", problem=f"{exc}; shorten it or pass --truncate") from None
     with torch.no_grad():
         text = F.normalize(model.encode_text(tokens), dim=-1) * model.logit_scale.exp()
     head = nn.Linear(text.shape[1], text.shape[0], bias=False)

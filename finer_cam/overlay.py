@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .cam import FLAT
-from .errors import FinerCamError
+from .errors import ArgumentError
 
 GAP = 4  # pixels between the panels of a strip
 BANNER_LINES = 2
@@ -30,7 +30,7 @@ def colormap_lut(name: str) -> np.ndarray:
         cmap = matplotlib.colormaps[name]
     except KeyError:
         cv_names = sorted(n[len("COLORMAP_"):].lower() for n in dir(cv2) if n.startswith("COLORMAP_"))
-        raise FinerCamError(f"--colormap {name!r}: not an OpenCV colour map ({', '.join(cv_names)}) nor a "
+        raise ArgumentError("colormap", name, f"not an OpenCV colour map ({', '.join(cv_names)}) nor a "
                             "matplotlib one") from None
     return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).round().astype(np.uint8)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import FinerCamError
+from .errors import ArgumentError
 
 SIMILARITIES = ("logit-distance", "logit-rank", "weight-cosine")
 WEIGHTINGS = ("mean", "softmax")
@@ -50,43 +50,43 @@ def parse_mode(spec: str) -> Mode:
     """Parse ``NAME:ALPHA[:RANKS[:softmax]]``; raise FinerCamError saying what is wrong."""
     parts = spec.split(":")
     if not 2 <= len(parts) <= 4:
-        raise FinerCamError(f"--modes {spec!r}: expected NAME:ALPHA[:RANKS[:softmax]]")
+        raise ArgumentError("modes", spec, "expected NAME:ALPHA[:RANKS[:softmax]]")
     name, alpha_text = parts[0], parts[1]
     if not _NAME.match(name):
-        raise FinerCamError(f"--modes {spec!r}: the name must be letters, digits or _.+- (got {name!r})")
+        raise ArgumentError("modes", spec, f"the name must be letters, digits or _.+- (got {name!r})")
     try:
         alpha = float(alpha_text)
     except ValueError:
-        raise FinerCamError(f"--modes {spec!r}: ALPHA {alpha_text!r} is not a number") from None
+        raise ArgumentError("modes", spec, f"ALPHA {alpha_text!r} is not a number") from None
     if not math.isfinite(alpha):
-        raise FinerCamError(f"--modes {spec!r}: ALPHA must be finite")
+        raise ArgumentError("modes", spec, "ALPHA must be finite")
     ranks: tuple[int, ...] = ()
     if len(parts) >= 3 and parts[2].strip():
         try:
             ranks = tuple(int(r) for r in parts[2].split(","))
         except ValueError:
-            raise FinerCamError(f"--modes {spec!r}: RANKS must be comma-separated integers like 1,2,3") from None
+            raise ArgumentError("modes", spec, "RANKS must be comma-separated integers like 1,2,3") from None
         if any(r < 1 for r in ranks):
-            raise FinerCamError(f"--modes {spec!r}: RANKS are 1-based (1 = most similar class)")
+            raise ArgumentError("modes", spec, "RANKS are 1-based (1 = most similar class)")
         if len(set(ranks)) != len(ranks):
-            raise FinerCamError(f"--modes {spec!r}: RANKS repeat a rank")
+            raise ArgumentError("modes", spec, "RANKS repeat a rank")
     weighting = "mean"
     if len(parts) == 4:
         weighting = parts[3]
         if weighting not in WEIGHTINGS:
-            raise FinerCamError(f"--modes {spec!r}: the weighting must be 'softmax' (or 'mean'), not {weighting!r}")
+            raise ArgumentError("modes", spec, f"the weighting must be 'softmax' (or 'mean'), not {weighting!r}")
     if alpha != 0 and not ranks:
-        raise FinerCamError(f"--modes {spec!r}: a non-zero ALPHA needs RANKS (e.g. {name}:{alpha_text}:1,2,3)")
+        raise ArgumentError("modes", spec, f"a non-zero ALPHA needs RANKS (e.g. {name}:{alpha_text}:1,2,3)")
     return Mode(name, alpha, ranks, weighting)
 
 
 def parse_modes(specs: list[str] | tuple[str, ...]) -> list[Mode]:
     modes = [parse_mode(s) for s in specs]
     if not modes:
-        raise FinerCamError("--modes: give at least one mode")
+        raise ArgumentError("modes", problem="give at least one mode")
     names = [m.name for m in modes]
     if len(set(names)) != len(names):
-        raise FinerCamError(f"--modes: mode names must be unique (got {', '.join(names)})")
+        raise ArgumentError("modes", problem=f"mode names must be unique (got {', '.join(names)})")
     return modes
 
 
@@ -114,7 +114,7 @@ def rank_references(logits: torch.Tensor, targets: torch.Tensor, k: int, similar
             raise ValueError("weight-cosine similarity needs the class similarity matrix")
         score = class_similarity.to(logits.device, torch.float32)[targets].clone()
     else:
-        raise FinerCamError(f"--similarity {similarity!r}: expected one of {', '.join(SIMILARITIES)}")
+        raise ArgumentError("similarity", similarity, f"expected one of {', '.join(SIMILARITIES)}")
     score.scatter_(1, t, float("-inf"))
     return torch.argsort(score, dim=1, descending=True, stable=True)[:, :k]
 

@@ -119,8 +119,11 @@ def differing_parts(a: str, b: str) -> list[str]:
     return [r for r in REGIONS if ta[r] != tb[r]]
 
 
+SPLITS = ("train", "test", "pretrain")  # "pretrain": the unlabelled images the backbone learns from
+
+
 def _rng(seed: int, split: str, cls: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 0 if split == "train" else 1, cls, index])
+    return np.random.default_rng([seed, SPLITS.index(split), cls, index])
 
 
 def _background(rng: np.random.Generator, side: int) -> Image.Image:
@@ -313,6 +316,27 @@ def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, li
     return np.stack(images), np.stack(masks), rows
 
 
+def _render_class(args: tuple[ToyConfig, str, int, int]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    cfg, split, cls, count = args
+    drawn = [render(cfg, split, cls, i) for i in range(count)]
+    return (np.stack([np.asarray(img) for img, _, _ in drawn]), np.stack([np.asarray(m) for _, m, _ in drawn]),
+            [a for _, _, a in drawn])
+
+
+def render_pool(cfg: ToyConfig, per_class: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """``per_class`` images of every class from the ``pretrain`` stream, drawn in memory (never written):
+    the images the backbone learns from, apart from the training and test splits. Same returns as
+    :func:`load_split`, classes in order."""
+    jobs = [(cfg, "pretrain", c, per_class) for c in range(len(cfg.class_names))]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_render_class, jobs))
+    else:
+        parts = [_render_class(job) for job in jobs]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [row for p in parts for row in p[2]])
+
+
 PARTS = tuple(LABELS["parts"])  # wheels, badge, light, roof
 
 
@@ -350,9 +374,13 @@ def patch_labels(shares: np.ndarray, states: np.ndarray, names: list[str]) -> np
 
 def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_size: int = 16, lr: float = 1e-3,
                    seed: int = 0, threads: int = 2, image_parts: float = 1.0, limit: int | None = None,
-                   progress=None) -> dict:
-    """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split and save it in the
-    official checkpoint layout. Returns what was measured (seconds, images, final loss).
+                   pretrain_per_class: int = 0, workers: int = 2, device: str = "cpu", progress=None) -> dict:
+    """Train the ``vit_toy`` DINOv2 architecture from scratch and save it in the official checkpoint layout.
+    Returns what was measured (seconds, images, final loss).
+
+    It learns from the toy training split under ``root``, or, with ``pretrain_per_class``, from that many
+    images of every class drawn in memory from the ``pretrain`` stream (:func:`render_pool`; the settings of
+    ``root/toy.json``), none of which the head is trained or tested on.
 
     The backbone learns to describe what is drawn, never the 16 classes. Every patch token says what its own
     patch shows: how much of it is background, body, wheels, badge, light and roof box, and, on a part, that
@@ -374,45 +402,56 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_siz
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    x_train, m_train, rows = load_split(root, "train")
+    if pretrain_per_class:
+        settings = json.loads((Path(root) / "toy.json").read_text(encoding="utf-8"))
+        cfg = ToyConfig(image_size=settings["image_size"], seed=settings["seed"], groups=tuple(settings["groups"]),
+                        siblings=tuple(settings["siblings"]))
+        x_train, m_train, rows = render_pool(cfg, pretrain_per_class, workers)
+    else:
+        x_train, m_train, rows = load_split(root, "train")
     if limit:
         x_train, m_train, rows = x_train[:limit], m_train[:limit], rows[:limit]
     groups = np.array([r["group"] for r in rows])
     body_rgb = np.array([r["body_rgb"] for r in rows], dtype=np.float32)
     n_groups = len(GROUPS)
     states, state_names = part_states(rows, n_groups)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS["imagenet"])
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in NORMALIZATIONS["imagenet"])
+
+    def on_device(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     def prepare(batch: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        return (on_device(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
     backbone = build("vit_toy", img_size=x_train.shape[1])
     backbone.init_weights(torch.Generator().manual_seed(seed))
     n_regions, n_states = 1 + len(REGIONS), len(state_names)
     image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + len(PARTS) * n_states)
     token_head = torch.nn.Linear(backbone.embed_dim, n_regions + n_states + n_groups)
+    for module in (backbone, image_head, token_head):
+        module.to(device)
 
     def image_loss(tokens: torch.Tensor, i: np.ndarray) -> torch.Tensor:
         guess = image_head(tokens.mean(1))
-        loss = F.cross_entropy(guess[:, :n_groups], torch.from_numpy(groups[i])) + \
-            F.mse_loss(guess[:, n_groups:n_groups + 3], torch.from_numpy(body_rgb[i]))
+        loss = F.cross_entropy(guess[:, :n_groups], on_device(groups[i])) + \
+            F.mse_loss(guess[:, n_groups:n_groups + 3], on_device(body_rgb[i]))
         if image_parts:
             looks = guess[:, n_groups + 3:].reshape(len(i), len(PARTS), n_states)
-            loss = loss + image_parts * F.cross_entropy(looks.flatten(0, 1), torch.from_numpy(states[i]).flatten())
+            loss = loss + image_parts * F.cross_entropy(looks.flatten(0, 1), on_device(states[i]).flatten())
         return loss
 
     def token_loss(tokens: torch.Tensor, masks: np.ndarray, i: np.ndarray) -> torch.Tensor:
-        shares = torch.from_numpy(patch_targets(masks, backbone.patch_size))  # [B, N, R]
+        shares = on_device(patch_targets(masks, backbone.patch_size))  # [B, N, R]
         guess = token_head(tokens)  # [B, N, R + states + groups]
         loss = -(shares * F.log_softmax(guess[..., :n_regions], -1)).sum(-1).mean()  # soft cross-entropy
         part_share, part = shares[..., 2:].max(-1)  # the part covering most of each patch
         on_part = part_share >= 0.25
         if on_part.any():
-            look = torch.from_numpy(states[i]).gather(1, part)  # [B, N]
+            look = on_device(states[i]).gather(1, part)  # [B, N]
             loss = loss + F.cross_entropy(guess[..., n_regions:n_regions + n_states][on_part], look[on_part])
         on_car = shares[..., 0] <= 0.7
         if on_car.any():
-            group = torch.from_numpy(groups[i]).unsqueeze(1).expand_as(on_car)
+            group = on_device(groups[i]).unsqueeze(1).expand_as(on_car)
             loss = loss + F.cross_entropy(guess[..., n_regions + n_states:][on_car], group[on_car])
         return loss
 
@@ -430,7 +469,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_siz
             i = idx.numpy()
             x, masks = prepare(x_train[i]), m_train[i]
             flip = np.random.default_rng([seed, step]).random(len(i)) < 0.5  # mirrored views
-            x[torch.from_numpy(flip)] = x[torch.from_numpy(flip)].flip(-1)
+            x[on_device(flip)] = x[on_device(flip)].flip(-1)
             masks = np.ascontiguousarray(np.where(flip[:, None, None], masks[:, :, ::-1], masks))
             tokens = backbone.forward_features(x)["x_norm_patchtokens"]  # [B, N, D]
             loss = image_loss(tokens, i) + token_loss(tokens, masks, i)
@@ -441,9 +480,10 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_siz
         if progress is not None:
             progress(epoch + 1, epochs, loss.item())
     seconds = time.monotonic() - start
-    state = {k: v.detach().clone().contiguous() for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write_bytes(Path(out), lambda f: torch.save(state, f))
-    return {"seconds": round(seconds, 1), "epochs": epochs, "train_images": int(len(groups)), "threads": threads,
+    return {"seconds": round(seconds, 1), "epochs": epochs, "steps": step, "train_images": int(len(groups)),
+            "pretrain_per_class": pretrain_per_class, "device": str(device), "threads": threads,
             "final_loss": round(float(loss.item()), 4)}
 
 
@@ -552,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--epochs", type=int, default=4)
     b.add_argument("--batch_size", type=int, default=16)
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    b.add_argument("--pretrain_per_class", type=int, default=0,
+                   help="learn from this many images a class drawn in memory (the 'pretrain' stream, apart from the "
+                        "training and test splits); 0: learn from the training split")
+    b.add_argument("--device", default="cpu", help="where to train (bit for bit reproducible on the CPU)")
     b.add_argument("--image_parts", type=float, default=1.0,
                    help="weight of the image-level target 'the look of each part' on the pooled features; 0 "
                         "leaves the parts' looks to their own tokens")
@@ -575,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backbone":
             report = train_backbone(args.root, args.out, epochs=args.epochs, batch_size=args.batch_size,
                                     seed=args.seed, threads=args.threads, image_parts=args.image_parts,
+                                    pretrain_per_class=args.pretrain_per_class, workers=args.workers,
+                                    device=args.device,
                                     progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}",
                                                                       file=sys.stderr))
             print(json.dumps(report))

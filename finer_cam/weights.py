@@ -13,7 +13,7 @@ from pathlib import Path
 import clip
 from dinov2 import CheckpointError, hub
 
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .progress import BarFactory
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def resolve_weights(spec: str | Path, kind: str = "dinov2", offline: bool = Fals
     except (CheckpointError, clip.ClipCheckpointError) as exc:
         raise FinerCamError(str(exc)) from None
     if path.exists():
-        raise FinerCamError(f"--model_path {spec}: not a regular file")
+        raise ArgumentError("model_path", Path(name), "not a regular file")
     names = checkpoint_names(kind) if kind in LOCAL else ()
-    raise FinerCamError(f"--model_path {spec}: no such file, and not a {kind} checkpoint name "
+    raise ArgumentError("model_path", Path(name), f"no such file, and not a {kind} checkpoint name "
                         f"({', '.join(names)})")

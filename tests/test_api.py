@@ -15,7 +15,8 @@ from test_cam import MeanTarget, reference_ranking
 import finer_cam
 from finer_cam import FinerCAM, normalize_maps, resize_maps
 from finer_cam.cam import token_grid
-from finer_cam.errors import FinerCamError
+from finer_cam.concepts import ConceptSet
+from finer_cam.errors import ArgumentError, FinerCamError, speak_of_flags
 
 TOL = 2e-4  # maximum absolute difference of [0, 1]-normalised maps at the input resolution
 ORACLES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
@@ -201,3 +202,23 @@ def test_mistakes_are_named():
     with pytest.raises(FinerCamError, match="ALPHA"):
         FinerCAM(model, model.layer4, modes=["finer:x"])
     assert not model.layer4[-1].relu._forward_hooks and torch.is_grad_enabled()
+
+
+def test_bad_arguments_name_the_argument_not_a_flag():
+    """The library speaks of its arguments; the command lines, which run under ``speak_of_flags``, of their flags."""
+    model = resnet18()
+    cases = [(lambda: FinerCAM(model, model.layer4[-1], method="gradcan"), "method", "method='gradcan': expected"),
+             (lambda: FinerCAM(model, model.layer4[-1], modes=["finer:0.6"]), "modes",
+              "modes='finer:0.6': a non-zero ALPHA needs RANKS"),
+             (lambda: FinerCAM(model, model.layer4[-1], precision="fp8"), "precision", "precision='fp8': expected")]
+    for make, name, start in cases:
+        with pytest.raises(ArgumentError) as info:
+            make()
+        assert info.value.name == name and str(info.value).startswith(start) and "--" not in str(info.value)
+        previous = speak_of_flags(True)
+        try:
+            assert str(info.value).startswith(f"--{name} '")
+        finally:
+            speak_of_flags(previous)
+    with pytest.raises(ArgumentError, match=r"^concepts: .*\(or a non-empty concepts_file\)$"):
+        ConceptSet.from_flags([], None, None, None)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from finer_cam.cam import normalize_maps, resize_maps
-from finer_cam.errors import FinerCamError
+from finer_cam.errors import ArgumentError, speak_of_flags
 from finer_cam.targets import SIMILARITIES, Mode, parse_mode, rank_references, weight_cosine
 
 NAMES = st.from_regex(r"[A-Za-z0-9_.+-]{1,12}", fullmatch=True)
@@ -31,11 +31,16 @@ def test_a_mode_spec_parses_back_to_the_same_mode(mode):
 
 
 @given(st.text(max_size=40))
-def test_any_text_is_a_mode_or_a_one_line_error_naming_the_flag(spec):
+def test_any_text_is_a_mode_or_a_one_line_error_naming_the_argument(spec):
     try:
         mode = parse_mode(spec)
-    except FinerCamError as exc:
-        assert str(exc).startswith("--modes ") and "\n" not in str(exc).replace(spec, "")
+    except ArgumentError as exc:
+        assert exc.name == "modes" and str(exc).startswith("modes=") and "\n" not in str(exc).replace(spec, "")
+        previous = speak_of_flags(True)  # as a command line prints it
+        try:
+            assert str(exc).startswith("--modes ") and "\n" not in str(exc).replace(spec, "")
+        finally:
+            speak_of_flags(previous)
         return
     assert math.isfinite(mode.alpha) and all(r >= 1 for r in mode.ranks)
     assert len(set(mode.ranks)) == len(mode.ranks) and (mode.alpha == 0 or mode.ranks)
