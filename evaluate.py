@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_max_pixels_argument, main_guard, setup_logging,
+                           add_max_pixels_argument, main_guard, one_of, setup_logging,
                            tqdm_bar)
 from finer_cam.evaluate import FILLS, MASK_FORMATS, EvaluateConfig, format_table, run_evaluate
 from finer_cam.progress import StopRequest
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, help="backbone architecture (default: run.json's)")
     p.add_argument("--percent", type=float, nargs="+", default=[5.0, 10.0], metavar="K",
                    help="RD@k and drop@k for these percentages of pixels")
-    p.add_argument("--fill", choices=FILLS, default="mean",
+    p.add_argument("--fill", metavar=one_of(FILLS), default="mean",
                    help="what masked pixels become: 0 after normalisation (the data set mean) or a blurred copy")
     p.add_argument("--steps", type=int, default=20, help="steps of the deletion/insertion curves (0: no curves)")
     gt = p.add_mutually_exclusive_group()
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "share one mask), encoded as --mask_format says")
     gt.add_argument("--boxes", default=None, metavar="CSV",
                     help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
-    p.add_argument("--mask_format", choices=MASK_FORMATS, default="auto",
+    p.add_argument("--mask_format", metavar=one_of(MASK_FORMATS), default="auto",
                    help="binary: the object where the pixel is >= 128; levels: 0 background, 128 object, 255 part; "
                         "labels: a label map named by DIR/labels.json ({\"background\": 0, \"regions\": {name: "
                         "value}, \"parts\": [names]}); auto: labels when DIR/labels.json exists, else binary")
@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = EvaluateConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
     def body(stop: StopRequest) -> int:
+        cfg = EvaluateConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})  # checks every value
         result = run_evaluate(cfg, progress=tqdm_bar, stop=stop)
         if not result.main:  # another rank of a torchrun run: rank 0 writes and reports for all
             return EXIT_OK

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cam import METHODS
+from finer_cam.cam import METHODS, TARGETS
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_backbone_arguments, add_max_pixels_argument, main_guard,
+                           add_backbone_arguments, add_max_pixels_argument, main_guard, one_of,
                            setup_logging, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.data import DECODERS, NORMALIZATIONS
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "text file of image paths, one a line (relative to the file's folder)")
     io.add_argument("--save_dir", "--save_path", dest="save_dir", required=True,
                     help="output folder: one .npy per image mirroring the dataset tree, run.json, index.jsonl")
-    io.add_argument("--save_size", choices=SAVE_SIZES, default="input",
+    io.add_argument("--save_size", metavar=one_of(SAVE_SIZES), default="input",
                     help="input: float16 maps at the network input size, each normalised to [0, 1]; grid: raw "
                          "float32 maps on the patch grid; original: float16 at each image's own size")
     io.add_argument("--overwrite", action="store_true",
@@ -63,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("explanation")
     c.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), metavar="SPEC",
                    help="maps to compute, in this order (see below)")
-    c.add_argument("--method", choices=METHODS, default="gradcam", help="CAM method applied to every objective")
-    c.add_argument("--target", choices=["label", "predicted"], default="label",
+    c.add_argument("--method", metavar=one_of(METHODS), default="gradcam", help="CAM method applied to every objective")
+    c.add_argument("--target", metavar=one_of(TARGETS), default="label",
                    help="label: the class named by the image's folder (falls back to the prediction when the "
                         "folder matches no class); predicted: always the predicted class")
-    c.add_argument("--similarity", choices=SIMILARITIES, default="logit-distance",
+    c.add_argument("--similarity", metavar=one_of(SIMILARITIES), default="logit-distance",
                    help="how the other classes are ranked: |y_i - y_t| ascending, y_i descending, or cosine "
                         "similarity of the head's weight rows")
     c.add_argument("--aug_smooth", action="store_true",
@@ -79,19 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "CLIP checkpoint's resolution)")
     size.add_argument("--max_size", type=int, default=None,
                       help="keep the aspect ratio, cap the long side, round each side up to a multiple of the patch")
-    pre.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=None,
+    pre.add_argument("--normalize", metavar=one_of(sorted(NORMALIZATIONS)), default=None,
                      help="input normalisation (default: what the head was trained with, else ImageNet's, or "
                           "CLIP's with --backbone clip)")
     r = p.add_argument_group("runtime")
     r.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    r.add_argument("--precision", metavar=one_of(PRECISIONS), default="fp32",
                    help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the shared forward pass: pays off on a GPU over many images (compiling takes "
                         "a minute, once per input shape)")
-    r.add_argument("--decode", choices=DECODERS, default="pil",
+    r.add_argument("--decode", metavar=one_of(DECODERS), default="pil",
                    help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced "
                         "size first (faster; the pixels change: most maps stay close, but a few contrastive ones "
                         "do not, so check on your data); torchvision: JPEGs decoded on the model's device "
@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     fields = {k: v for k, v in vars(args).items() if k != "verbose"}
-    cfg = GenerateConfig(**fields)
 
     def body(stop: StopRequest) -> int:
+        cfg = GenerateConfig(**fields)  # checks every value: a bad one is a one-line error
         summary = run_generate(cfg, progress=tqdm_bar, stop=stop)
         if not summary.main:  # another rank of a torchrun run: rank 0 reports for all
             return EXIT_FAILED_ITEMS if summary.failed else EXIT_OK

@@ -8,7 +8,7 @@ import math
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_backbone_arguments, add_max_pixels_argument, main_guard,
+                           add_backbone_arguments, add_max_pixels_argument, main_guard, one_of,
                            setup_logging, tqdm_bar)
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.device import PRECISIONS
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "image embedding (see --clip_pool)")
     m.add_argument("--image_size", type=int, default=None,
                    help="square bicubic resize of every image (default: 224, or the CLIP checkpoint's resolution)")
-    m.add_argument("--normalize", choices=sorted(NORMALIZATIONS), default=None,
+    m.add_argument("--normalize", metavar=one_of(sorted(NORMALIZATIONS)), default=None,
                    help="input normalisation; recorded in the sidecar, and generate_cam.py uses the same (default: "
                         "imagenet, or clip with --backbone clip)")
     m.add_argument("--feature_cache", default=None, metavar="DIR",
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("runtime")
     r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    r.add_argument("--precision", metavar=one_of(PRECISIONS), default="fp32",
                    help="the backbone's: fp32; tf32 (TF32 matrix products on CUDA); bf16 (autocast)")
     add_max_pixels_argument(r)
     r.add_argument("--verbose", action="store_true", help="more log output")
@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
     def body(stop: StopRequest) -> int:
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})  # checks every value
         result = run_train(cfg, progress=tqdm_bar, stop=stop)
         best = "n/a" if math.isnan(result.best_accuracy) else f"{result.best_accuracy:.4f}"
         print(f"{PROG}: {len(result.class_names)} classes, {result.train_images} training images; best accuracy "

@@ -31,6 +31,7 @@ from .errors import ArgumentError, FinerCamError
 from .targets import DEFAULT_MODES, Mode, max_rank, objectives, parse_modes, rank_references, weight_cosine
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam")
+TARGETS = ("label", "predicted")  # which class each map explains: the image's label (else the prediction), or the prediction
 _EPS = 1e-7  # as pytorch-grad-cam
 
 
@@ -306,7 +307,7 @@ class FinerCAM:
         if target == "label" and labels is not None:
             labels = torch.as_tensor(labels, device=logits.device)
             targets = torch.where(labels >= 0, labels, predicted)
-        elif target in ("label", "predicted"):
+        elif target in TARGETS:
             targets = predicted
         else:
             raise ArgumentError("target", target, "expected label or predicted")

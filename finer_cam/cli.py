@@ -42,10 +42,16 @@ def tqdm_bar(desc: str, total: int, unit: str = "img") -> tqdm:
     return tqdm(desc=desc, total=(total or None) if size else total, unit=unit, unit_scale=size, dynamic_ncols=True)
 
 
+def one_of(options) -> str:
+    """The metavar ``{a,b,c}`` of a flag whose value is one of ``options``: the run configuration checks the
+    value (:mod:`finer_cam.checks`), once, so the parser does not repeat the check."""
+    return "{" + ",".join(options) + "}"
+
+
 def add_backbone_arguments(group, backbone_help: str) -> None:
     """``--backbone``, ``--model_path``, ``--arch`` and ``--clip_pool``, as the scripts that load a backbone
     take them; ``backbone_help`` says what the choice means for that script."""
-    group.add_argument("--backbone", choices=BACKBONES, default="dinov2", help=backbone_help)
+    group.add_argument("--backbone", metavar=one_of(BACKBONES), default="dinov2", help=backbone_help)
     group.add_argument("--model_path", default=None,
                        help="the backbone: a file (an official DINOv2 state dict "
                             "dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth or an OpenAI CLIP ViT checkpoint) or an official "
@@ -60,7 +66,7 @@ def add_backbone_arguments(group, backbone_help: str) -> None:
                        help="vit_small, vit_base, vit_large, vit_giant2 (+ _reg4), vit_toy (the toy world's), or "
                             "auto to read it off the checkpoint; a run made with auto resumes with the name it "
                             "resolved to, and the other way round")
-    group.add_argument("--clip_pool", choices=CLIP_POOLS, default="cls",
+    group.add_argument("--clip_pool", metavar=one_of(CLIP_POOLS), default="cls",
                        help="CLIP's image embedding: cls (OpenAI's, the class token) or mean (the mean patch token "
                             "after ln_post, as CLIP-ES)")
 

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import checks
 from .cam import normalize_maps, resize_maps
 from .data import MAX_PIXELS, ImageDataset, Preprocess, check_runtime, make_loader
 from .device import resolve_device
 from .distributed import init_ranks, shutdown
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, is_special, read_map_file,
                  read_run, read_text, safe_relative, write_json)
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
@@ -73,6 +74,24 @@ class EvaluateConfig:
     device: str = "auto"
     limit: int | None = None
     max_pixels: int | None = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        """Every field's value is checked here, once (:mod:`finer_cam.checks`)."""
+        checks.one_of("fill", self.fill, FILLS)
+        checks.one_of("mask_format", self.mask_format, MASK_FORMATS)
+        if not self.percent or any(not 0 < p < 100 for p in self.percent):
+            raise ArgumentError("percent", self.percent, "each must be between 0 and 100 (exclusive)")
+        if len({_pct(p) for p in self.percent}) != len(self.percent):
+            raise ArgumentError("percent", self.percent, "a percentage is given twice")
+        check_runtime(self.num_workers, self.max_pixels)
+        checks.at_least("steps", self.steps, 0, "0 (no curves) or more")
+        checks.at_least("batch_size", self.batch_size, 1)
+        checks.at_least("limit", self.limit, 1, optional=True)
+        checks.exclusive(("masks", self.masks), ("boxes", self.boxes))
+        checks.finite("part_radius", self.part_radius, "a fraction of the shorter side between 0 and 1", above=0,
+                      below=1)
+        if self.attributes and not self.masks:
+            raise ArgumentError("attributes", problem="needs --masks (label maps with labels.json)")
 
 
 @dataclass
@@ -126,7 +145,7 @@ class GroundTruth:
         if self.masks is not None and not self.masks.is_dir():
             raise FinerCamError(f"--masks {masks}: no such folder")
         if mask_format not in MASK_FORMATS:
-            raise FinerCamError(f"--mask_format {mask_format!r}: expected one of {', '.join(MASK_FORMATS)}")
+            raise ArgumentError("mask_format", mask_format, f"expected one of {', '.join(MASK_FORMATS)}")
         self.format = resolve_mask_format(masks, mask_format)
         self.legend: dict | None = None
         if self.format == "labels":
@@ -388,34 +407,11 @@ def _preprocess(run_info: dict, patch: int) -> Preprocess:
         raise FinerCamError(f"--cam_dir: run.json has no usable preprocessing ({pre})") from None
 
 
-def check_config(cfg: EvaluateConfig) -> None:
-    if cfg.fill not in FILLS:
-        raise FinerCamError(f"--fill {cfg.fill!r}: expected one of {', '.join(FILLS)}")
-    if not cfg.percent or any(not 0 < p < 100 for p in cfg.percent):
-        raise FinerCamError(f"--percent {cfg.percent}: each must be between 0 and 100 (exclusive)")
-    if len({_pct(p) for p in cfg.percent}) != len(cfg.percent):
-        raise FinerCamError(f"--percent {' '.join(map(_pct, cfg.percent))}: a percentage is given twice")
-    check_runtime(cfg.num_workers, cfg.max_pixels)
-    check_folder(cfg.out, "--out")
-    if cfg.steps < 0:
-        raise FinerCamError("--steps must be 0 (no curves) or more")
-    if cfg.batch_size < 1:
-        raise FinerCamError("--batch_size must be at least 1")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise FinerCamError("--limit must be at least 1")
-    if cfg.masks and cfg.boxes:
-        raise FinerCamError("--masks and --boxes exclude each other: give one")
-    if not 0 < cfg.part_radius < 1:
-        raise FinerCamError(f"--part_radius {cfg.part_radius}: expected a fraction of the shorter side between 0 and 1")
-    if cfg.attributes and not cfg.masks:
-        raise FinerCamError("--attributes needs --masks (label maps with labels.json)")
-
-
 def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
                  stop: StopRequest | None = None) -> EvaluateResult:
     """Evaluate the maps of ``cfg.cam_dir`` and write the tables and figures into ``cfg.out``."""
     stop = stop or StopRequest()
-    check_config(cfg)
+    check_folder(cfg.out, "--out")
     run_info, entries = read_run(cfg.cam_dir)
     if run_info.get("concepts"):
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: a concept run (--concepts); evaluate.py measures the maps "

@@ -12,20 +12,20 @@ import torch
 
 from .downloads import file_sha256
 
-from . import __version__
-from .cam import FinerCAM, normalize_maps, resize_maps
+from . import __version__, checks
+from .cam import METHODS, TARGETS, FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
                    Preprocess, check_runtime, decode_raw, displayed_size, find_images, make_loader, read_class_names,
                    shape_batches)
-from .device import resolve_device
+from .device import PRECISIONS, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .io import MapWriter, RunFolder, check_folder, is_special, map_names
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
-from .targets import DEFAULT_MODES, parse_modes
+from .targets import DEFAULT_MODES, SIMILARITIES, parse_modes
 from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
@@ -69,6 +69,35 @@ class GenerateConfig:
     decode: str = "pil"  # data.DECODERS
     compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
     offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
+
+    def __post_init__(self) -> None:
+        """Every field's value is checked here, once (:mod:`finer_cam.checks`); what needs the files or the
+        machine (the head, the weights, the device) is checked by :func:`prepare`."""
+        checks.one_of("save_size", self.save_size, SAVE_SIZES)
+        checks.at_least("batch_size", self.batch_size, 1)
+        checks.exclusive(("image_size", self.image_size), ("max_size", self.max_size))
+        for flag, value in (("image_size", self.image_size), ("max_size", self.max_size)):
+            checks.at_least(flag, value, 1, "a positive number of pixels", optional=True)
+        check_runtime(self.num_workers, self.max_pixels)
+        checks.one_of("decode", self.decode, DECODERS)
+        checks.one_of("backbone", self.backbone, BACKBONES)
+        checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)
+        checks.one_of("method", self.method, METHODS)
+        checks.one_of("target", self.target, TARGETS)
+        checks.one_of("similarity", self.similarity, SIMILARITIES)
+        checks.one_of("precision", self.precision, PRECISIONS)
+        checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
+        parse_modes(self.modes)
+        if self.concepts or self.concepts_file:
+            if self.backbone != "clip":
+                raise ArgumentError("concepts", problem="needs --backbone clip: concepts are text prompts that CLIP "
+                                    "reads")
+            if self.classifier_path:
+                raise ArgumentError("concepts", problem="excludes --classifier_path: concepts are classified zero-shot "
+                                    "by their text, without a trained head")
+        elif self.compare_with or self.prompt is not None:
+            raise ArgumentError("compare_with" if self.compare_with else "prompt",
+                                problem="goes with --concepts (a CLIP concept run)")
 
 
 @dataclass
@@ -128,40 +157,17 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
-    if cfg.save_size not in SAVE_SIZES:
-        raise FinerCamError(f"--save_size {cfg.save_size!r}: expected one of {', '.join(SAVE_SIZES)}")
-    if cfg.batch_size < 1:
-        raise FinerCamError("--batch_size must be at least 1")
-    if cfg.image_size is not None and cfg.max_size is not None:
-        raise FinerCamError("--image_size and --max_size exclude each other: give one")
-    for flag, value in (("--image_size", cfg.image_size), ("--max_size", cfg.max_size)):
-        if value is not None and value < 1:
-            raise FinerCamError(f"{flag} must be a positive number of pixels")
-    check_runtime(cfg.num_workers, cfg.max_pixels)
     check_folder(cfg.save_dir, "--save_dir")
-    if cfg.decode not in DECODERS:
-        raise FinerCamError(f"--decode {cfg.decode!r}: expected one of {', '.join(DECODERS)}")
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
-    if cfg.backbone not in BACKBONES:
-        raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
-    if cfg.clip_pool not in CLIP_POOLS:
-        raise FinerCamError(f"--clip_pool {cfg.clip_pool!r}: expected one of {', '.join(CLIP_POOLS)}")
     model_spec = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
     concepts, sidecar = None, {}
     if cfg.concepts or cfg.concepts_file:
-        if cfg.backbone != "clip":
-            raise FinerCamError("--concepts needs --backbone clip: concepts are text prompts that CLIP reads")
-        if cfg.classifier_path:
-            raise FinerCamError("--concepts and --classifier_path exclude each other: concepts are classified "
-                                "zero-shot by their text, without a trained head")
         concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
         model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
         class_names, class_file, head_info = concepts.class_names, None, None
     else:
-        if cfg.compare_with or cfg.prompt is not None:
-            raise FinerCamError("--compare_with and --prompt go with --concepts (a CLIP concept run)")
         head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
         if is_special(head_path):  # before any weights are downloaded
             raise FinerCamError(f"{head_path}: not a regular file (a FIFO, device or socket)")

@@ -24,14 +24,14 @@ import torchvision.transforms as T
 from torch import nn
 from torch.nn import functional as F
 
-from . import __version__
+from . import __version__, checks
 from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, check_runtime, keep_as_list, make_loader,
                    walk_images)
-from .device import autocast, resolve_device
+from .device import PRECISIONS, autocast, resolve_device
 from .errors import FinerCamError
 from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, json_text, write_json
-from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier, backbone_kind,
-                     backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
+                     backbone_kind, backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 from .weights import resolve_weights
 
@@ -66,6 +66,20 @@ class TrainConfig:
     overwrite: bool = False
     max_pixels: int | None = MAX_PIXELS
     offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
+
+    def __post_init__(self) -> None:
+        """Every field's value is checked here, once (:mod:`finer_cam.checks`)."""
+        for flag, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                            ("image_size", self.image_size)):
+            checks.at_least(flag, value, 1, optional=flag == "image_size")
+        checks.finite("lr", self.lr, "a positive number", above=0)
+        checks.finite("weight_decay", self.weight_decay, "0 or a positive number", at_least=0)
+        checks.finite("val_fraction", self.val_fraction, "a fraction between 0 and 1", above=0, below=1)
+        check_runtime(self.num_workers, self.max_pixels)
+        checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
+        checks.one_of("backbone", self.backbone, BACKBONES)
+        checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)
+        checks.one_of("precision", self.precision, PRECISIONS)
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -328,20 +342,6 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     """Train, evaluate and save the head, showing progress through ``progress``; ``stop`` is checked after
     every feature batch (the cache is saved) and every epoch (the training state is saved)."""
     stop = stop or StopRequest()
-    for flag, value in (("--epochs", cfg.epochs), ("--batch_size", cfg.batch_size), ("--image_size", cfg.image_size)):
-        if value is not None and value < 1:
-            raise FinerCamError(f"{flag} must be at least 1")
-    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
-        raise FinerCamError(f"--lr {cfg.lr}: expected a positive number")
-    if not math.isfinite(cfg.weight_decay) or cfg.weight_decay < 0:
-        raise FinerCamError(f"--weight_decay {cfg.weight_decay}: expected 0 or a positive number")
-    if not math.isfinite(cfg.val_fraction) or not 0 < cfg.val_fraction < 1:
-        raise FinerCamError(f"--val_fraction {cfg.val_fraction}: expected a fraction between 0 and 1")
-    check_runtime(cfg.num_workers, cfg.max_pixels)
-    if cfg.normalize is not None and cfg.normalize not in NORMALIZATIONS:
-        raise FinerCamError(f"--normalize {cfg.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
-    if cfg.backbone not in BACKBONES:
-        raise FinerCamError(f"--backbone {cfg.backbone!r}: expected one of {', '.join(BACKBONES)}")
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)

@@ -147,7 +147,7 @@ def test_concepts_from_a_file_and_max_size(tmp_path, clip_file):
     (["--concepts", "a", "--prompt", "a photo"], "--prompt 'a photo': the template needs exactly one {}"),
     (["--concepts", "a", "--compare_with", "a"], "--compare_with: 'a' is also a concept"),
     (["--concepts", " ".join(["word"] * 80)], "tokens long; the context holds 77; shorten it or pass --truncate"),
-    (["--concepts", "a", "--classifier_path", "head.pth"], "--concepts and --classifier_path exclude each other"),
+    (["--concepts", "a", "--classifier_path", "head.pth"], "--concepts: excludes --classifier_path"),
     (["--concepts", "a", "--model_path", "DINO"], "not a CLIP ViT checkpoint"),
 ])
 def test_concept_mistakes_get_one_line(tmp_path, clip_file, capsys, flags, message):
@@ -166,7 +166,7 @@ def test_truncate_lets_a_long_concept_through(tmp_path, clip_file):
 def test_concepts_need_the_clip_backbone(tmp_path, capsys):
     code = generate_cam.main(["--dataset_path", str(tmp_path), "--save_dir", str(tmp_path / "o"),
                               "--concepts", "red crown"])
-    assert code == 2 and "--concepts needs --backbone clip" in capsys.readouterr().err
+    assert code == 2 and "--concepts: needs --backbone clip" in capsys.readouterr().err
 
 
 def test_concept_set_rejects_an_empty_concept():

@@ -23,8 +23,11 @@ from dinov2 import ARCHS, DinoVisionTransformer
 from finer_cam import io as fio
 from finer_cam.cam import normalize_maps, resize_maps
 from finer_cam.data import find_images, read_class_names
-from finer_cam.evaluate import EvaluateResult, _read_boxes, format_table
+from finer_cam.errors import ArgumentError, speak_of_flags
+from finer_cam.evaluate import EvaluateConfig, EvaluateResult, _read_boxes, format_table
+from finer_cam.generate import GenerateConfig
 from finer_cam.overlay import fit_map
+from finer_cam.train import TrainConfig
 
 CLASSES = ["red", "green", "blue"]
 
@@ -428,3 +431,25 @@ def test_the_table_says_how_many_images_a_metric_used():
     table = format_table(EvaluateResult(summary=summary, rows=[], metrics=["rd@5", "energy_box"]))
     row = table.splitlines()[-1]
     assert "0.500 ± 0.020 (n=7)" in row and row.rstrip(" |").endswith("10") and "(n=10)" not in row
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GenerateConfig("d", "s", backbone="dinov3"),
+    lambda: GenerateConfig("d", "s", modes=["finer:0.6"]),
+    lambda: GenerateConfig("d", "s", image_size=224, max_size=448),
+    lambda: TrainConfig("d", None, "o", lr=float("nan")),
+    lambda: TrainConfig("d", None, "o", precision="fp8"),
+    lambda: EvaluateConfig("c", "o", part_radius=1.5),
+    lambda: EvaluateConfig("c", "o", masks="m", boxes="b"),
+])
+def test_a_run_configuration_checks_its_values_when_it_is_made(make):
+    """From Python as from a command line: the configuration is where a bad value stops, before any file is read.
+    Python names the field, a command line (``speak_of_flags``) the flag."""
+    with pytest.raises(ArgumentError) as info:
+        make()
+    assert str(info.value).startswith(info.value.name) and "--" not in str(info.value)
+    previous = speak_of_flags(True)
+    try:
+        assert str(info.value).startswith(f"--{info.value.name}")
+    finally:
+        speak_of_flags(previous)

@@ -1,0 +1,44 @@
+"""Value checks for the run configurations (``GenerateConfig``, ``TrainConfig``, ``EvaluateConfig``): each
+configuration checks its fields once, when it is made, whether from a command line or from Python, and the
+code that runs it trusts them. Each field is a flag of a script: the errors are :class:`ArgumentError` of the
+field, which a command line prints with the flag (``--lr nan: ...``) and Python with the field (``lr=nan: ...``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from .errors import ArgumentError
+
+
+def one_of(field: str, value, options: Iterable[str], optional: bool = False) -> None:
+    """``value`` is one of ``options`` (or None, when ``optional``)."""
+    options = list(options)
+    if (value is None and optional) or value in options:
+        return
+    raise ArgumentError(field, value, f"expected one of {', '.join(options)}")
+
+
+def at_least(field: str, value, minimum: int, what: str = "", optional: bool = False) -> None:
+    """``value`` is an integer of at least ``minimum`` (or None, when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ArgumentError(field, value, f"expected {what or f'an integer of at least {minimum}'}")
+
+
+def finite(field: str, value, what: str, above: float | None = None, at_least: float | None = None,
+           below: float | None = None) -> None:
+    """``value`` is a finite number, ``> above``, ``>= at_least`` and ``< below`` (each when given)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    ok = ok and (below is None or value < below)
+    if not ok:
+        raise ArgumentError(field, value, f"expected {what}")
+
+
+def exclusive(*fields_and_values: tuple[str, object]) -> None:
+    """At most one of the fields is given (not None, not empty)."""
+    given = [field for field, value in fields_and_values if value not in (None, False, [], ())]
+    if len(given) > 1:
+        raise ArgumentError(given[0], problem=f"excludes {', '.join('--' + g for g in given[1:])}: give one of them")
