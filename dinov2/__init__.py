@@ -8,7 +8,8 @@ from .vision_transformer import (
     build,
     config_from_state_dict,
     load_dinov2,
+    register_arch,
 )
 
 __all__ = ["ARCHS", "CheckpointError", "DinoVisionTransformer", "ViTConfig", "build",
-           "config_from_state_dict", "load_dinov2"]
+           "config_from_state_dict", "load_dinov2", "register_arch"]

@@ -51,8 +51,14 @@ ARCHS: dict[str, ViTConfig] = {
 ARCHS["vit_giant"] = ARCHS["vit_giant2"]
 for _name in list(ARCHS):
     ARCHS[_name + "_reg4"] = replace(ARCHS[_name], num_register_tokens=4)
-# The small model this project trains on its synthetic data (finer_cam/toy.py): a 16x16 grid at 224x224.
-ARCHS["vit_toy"] = ViTConfig(embed_dim=128, depth=4, num_heads=2, img_size=224)
+
+
+def register_arch(name: str, config: ViTConfig) -> None:
+    """Add a size of one's own to :data:`ARCHS`, so that :func:`build` makes it and :func:`load_dinov2` loads
+    it by name or recognises it in a checkpoint (``arch="auto"``)."""
+    if name in ARCHS and ARCHS[name] != config:
+        raise ValueError(f"architecture {name!r} is already registered with another configuration")
+    ARCHS[name] = config
 
 
 class DinoVisionTransformer(nn.Module):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip
-from dinov2 import ARCHS, DinoVisionTransformer, load_dinov2
+from dinov2 import ARCHS, DinoVisionTransformer, ViTConfig, load_dinov2, register_arch
 
 from .checkpoints import CheckpointError, load_state_dict_file
 from .errors import ArgumentError, FinerCamError
@@ -156,6 +156,11 @@ def _clip_shape(backbone: nn.Module) -> dict:
     return {"kind": "clip", "embed_dim": backbone.output_dim, "width": backbone.conv1.out_channels,
             "depth": len(backbone.blocks), "patch_size": backbone.patch_size}
 
+
+# The toy world's backbone (finer_cam/toy.py) is one more DINOv2 size: registered here, where every script's
+# loading goes through, so that it is built and loaded by name (--arch vit_toy) or read off its checkpoint.
+TOY_ARCH = "vit_toy"
+register_arch(TOY_ARCH, ViTConfig(embed_dim=128, depth=4, num_heads=2, img_size=224))  # a 16x16 grid at 224
 
 BACKBONES: dict[str, BackboneKind] = {
     "dinov2": BackboneKind(

@@ -398,6 +398,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_siz
     from dinov2 import build
 
     from .data import NORMALIZATIONS
+    from .models import TOY_ARCH
 
     torch.manual_seed(seed)
     if threads:
@@ -423,7 +424,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 4, batch_siz
     def prepare(batch: np.ndarray) -> torch.Tensor:
         return (on_device(batch).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
-    backbone = build("vit_toy", img_size=x_train.shape[1])
+    backbone = build(TOY_ARCH, img_size=x_train.shape[1])
     backbone.init_weights(torch.Generator().manual_seed(seed))
     n_regions, n_states = 1 + len(REGIONS), len(state_names)
     image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + len(PARTS) * n_states)
@@ -508,12 +509,12 @@ def premise_checks(root: str | Path, weights: str | Path, head: str | Path, devi
     from sklearn.preprocessing import StandardScaler
 
     from .data import NORMALIZATIONS
-    from .models import load_classifier
+    from .models import TOY_ARCH, load_classifier
     from .targets import rank_references
 
     names = (Path(root) / "classes.txt").read_text(encoding="utf-8").split("\n")
     names = [n for n in names if n]
-    model = load_classifier(weights, head, "vit_toy", device)
+    model = load_classifier(weights, head, TOY_ARCH, device)
     if model.num_classes != len(names):
         raise FinerCamError(f"{head}: the head has {model.num_classes} classes, {root}/classes.txt lists {len(names)}")
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS["imagenet"])
