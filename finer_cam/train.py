@@ -353,22 +353,76 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
         lock.release()
 
 
-def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, progress: BarFactory | None,
-           stop: StopRequest) -> TrainResult:
+@dataclass
+class _Model:
+    """The frozen backbone with a head of the right size, and what the run records of it."""
+
+    cfg: TrainConfig  # with model_path resolved and image_size and normalize filled in
+    model: nn.Module
+    preprocess: Preprocess
+    backbone_info: dict
+
+
+def _load_model(cfg: TrainConfig, num_classes: int, device: torch.device, progress: BarFactory | None) -> _Model:
     model_file = resolve_weights(cfg.model_path or DEFAULT_MODELS[cfg.backbone], cfg.backbone, cfg.offline, progress)
     cfg = replace(cfg, model_path=str(model_file))
     backbone = load_backbone(cfg.model_path, cfg.backbone, cfg.arch)
-    num_classes = len(split.class_names)
-    model = freeze_and_pack(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool), device)
+    model = freeze_and_pack(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool),
+                            device)
     kind = backbone_kind(backbone)
     cfg = replace(cfg, image_size=cfg.image_size or kind.native_size(backbone),
                   normalize=cfg.normalize or kind.normalize)
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
-    backbone_info = _backbone_info(cfg, model)
+    return _Model(cfg, model, preprocess, _backbone_info(cfg, model))
+
+
+@dataclass
+class _Progress:
+    """Where the training stands: the epochs done, their history and the best head so far (highest evaluation
+    accuracy, then lowest evaluation loss; with no evaluation images, the last one)."""
+
+    epoch: int = 0
+    best_accuracy: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_head: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def record(self, entry: dict, head: nn.Linear, val_acc: float, val_loss: float) -> None:
+        self.epoch = entry["epoch"]
+        self.history.append(entry)
+        if math.isnan(val_acc) or val_acc > self.best_accuracy or (val_acc == self.best_accuracy and
+                                                                   val_loss < self.best_loss):
+            self.best_accuracy = -1.0 if math.isnan(val_acc) else val_acc
+            self.best_loss, self.best_epoch, self.best_head = val_loss, self.epoch, _head_state(head)
+
+
+def _train_epoch(head: nn.Linear, optimizer, batches, epoch: int, lr: float) -> float:
+    """One pass over ``batches``; the mean training loss."""
+    total_loss, seen = 0.0, 0
+    head.train()
+    for xb, yb in batches:
+        loss = F.cross_entropy(head(xb.to(head.weight.device)), yb)
+        if not torch.isfinite(loss):
+            raise FinerCamError(f"training diverged in epoch {epoch + 1}: the loss is {loss.item()}; nothing "
+                                f"of this epoch is saved; lower --lr (now {lr:g})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(yb)
+        seen += len(yb)
+    head.eval()
+    return total_loss / max(1, seen)
+
+
+def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, progress: BarFactory | None,
+           stop: StopRequest) -> TrainResult:
+    num_classes = len(split.class_names)
+    loaded = _load_model(cfg, num_classes, device, progress)
+    cfg, model, preprocess, backbone_info = loaded.cfg, loaded.model, loaded.preprocess, loaded.backbone_info
     settings = _settings(cfg)
-    model_file = Path(cfg.model_path)
-    setup = {"backbone": {**backbone_info, "file": _file_id(model_file)},
+    setup = {"backbone": {**backbone_info, "file": _file_id(Path(cfg.model_path))},
              "preprocessing": preprocess.to_json(), "precision": cfg.precision}
     cache = FeatureCache(cfg.feature_cache, setup)
     failures = Failures()
@@ -393,60 +447,42 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, prog
         nn.init.normal_(head.weight, std=0.01, generator=generator)
         head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, best_acc, best_loss, best_epoch, best_state, history = 0, -1.0, math.inf, 0, _head_state(head), []
+    state = _Progress(best_head=_head_state(head))
     if cfg.resume:
-        start, best_acc, best_loss, best_epoch, best_state, history = _load_state(
-            out, head, optimizer, split.class_names, backbone_info, settings)
-        log.info("resuming after epoch %d of %d", start, cfg.epochs)
-    train_items = split.train
+        state = _load_state(out, head, optimizer, split.class_names, backbone_info, settings)
+        log.info("resuming after epoch %d of %d", state.epoch, cfg.epochs)
     epoch_bar = open_bar(progress, "epochs", cfg.epochs, unit="epoch")
-    epoch_bar.update(start)
+    epoch_bar.update(state.epoch)
     with epoch_bar:
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(state.epoch, cfg.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             if cfg.augment:
-                batches = _augmented_batches(model, train_items, preprocess, cfg, device, failures, g)
+                batches = _augmented_batches(model, split.train, preprocess, cfg, device, failures, g)
             else:
                 order = torch.randperm(len(train_y), generator=g)
                 batches = ((train_x[idx], train_y[idx]) for idx in order.split(cfg.batch_size))
-            total_loss, seen = 0.0, 0
-            head.train()
-            for xb, yb in batches:
-                loss = F.cross_entropy(head(xb.to(head.weight.device)), yb)
-                if not torch.isfinite(loss):
-                    raise FinerCamError(f"training diverged in epoch {epoch + 1}: the loss is {loss.item()}; nothing "
-                                        f"of this epoch is saved; lower --lr (now {cfg.lr:g})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(yb)
-                seen += len(yb)
-            head.eval()
+            loss = _train_epoch(head, optimizer, batches, epoch, cfg.lr)
             val_acc, val_loss = head_scores(head, val_x, val_y)
             train_acc = head_scores(head, train_x, train_y)[0] if not cfg.augment else float("nan")
-            history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                            "loss": total_loss / max(1, seen), "train_accuracy": _num(train_acc),
-                            "val_accuracy": _num(val_acc), "val_loss": _num(val_loss)})
-            # the best head: highest evaluation accuracy, then lowest evaluation loss; with no evaluation
-            # images, the last one
-            if math.isnan(val_acc) or val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
-                best_acc = -1.0 if math.isnan(val_acc) else val_acc
-                best_loss, best_epoch, best_state = val_loss, epoch + 1, _head_state(head)
-            _save_torch(out / STATE, {"epoch": epoch + 1, "head": _head_state(head),
-                                      "optimizer": optimizer.state_dict(), "best_accuracy": best_acc, "best_loss": best_loss,
-                                      "best_epoch": best_epoch, "best_head": best_state,
-                                      "class_names": split.class_names, "backbone": backbone_info,
-                                      "settings": json_text(settings), "history": json_text(history)})
-            epoch_bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{val_acc:.3f}")
+            state.record({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": loss,
+                          "train_accuracy": _num(train_acc), "val_accuracy": _num(val_acc),
+                          "val_loss": _num(val_loss)}, head, val_acc, val_loss)
+            _save_torch(out / STATE, {"epoch": state.epoch, "head": _head_state(head),
+                                      "optimizer": optimizer.state_dict(), "best_accuracy": state.best_accuracy,
+                                      "best_loss": state.best_loss, "best_epoch": state.best_epoch,
+                                      "best_head": state.best_head, "class_names": split.class_names,
+                                      "backbone": backbone_info, "settings": json_text(settings),
+                                      "history": json_text(state.history)})
+            epoch_bar.set_postfix(loss=f"{loss:.3f}", acc=f"{val_acc:.3f}")
             epoch_bar.update(1)
             stop.check()
-    last_acc = history[-1]["val_accuracy"] if history else None
-    result = TrainResult(split.class_names, best_acc if best_acc >= 0 else float("nan"), best_epoch,
-                         last_acc if last_acc is not None else float("nan"), len(split.train), len(split.val),
-                         len(failures.items), out, history)
-    _write_outputs(out, cfg, split, head, best_state, result, backbone_info, preprocess, failures)
+    last_acc = state.history[-1]["val_accuracy"] if state.history else None
+    result = TrainResult(split.class_names, state.best_accuracy if state.best_accuracy >= 0 else float("nan"),
+                         state.best_epoch, last_acc if last_acc is not None else float("nan"), len(split.train),
+                         len(split.val), len(failures.items), out, state.history)
+    _write_outputs(out, cfg, split, head, state.best_head, result, backbone_info, preprocess, failures)
     return result
 
 
@@ -476,7 +512,7 @@ def _settings(cfg: TrainConfig) -> dict:
 
 
 def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict,
-                settings: dict):
+                settings: dict) -> _Progress:
     path = out / STATE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -498,8 +534,8 @@ def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], b
             raise FinerCamError(f"--resume: {path} holds NaN or infinite weights; train anew with --overwrite")
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        return (int(state["epoch"]), float(state["best_accuracy"]), float(state["best_loss"]), int(state["best_epoch"]),
-                state["best_head"], json.loads(state["history"]))
+        return _Progress(int(state["epoch"]), float(state["best_accuracy"]), float(state["best_loss"]),
+                         int(state["best_epoch"]), state["best_head"], json.loads(state["history"]))
     except FinerCamError:
         raise
     except pickle.UnpicklingError:
