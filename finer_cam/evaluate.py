@@ -444,42 +444,60 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
     with open_bar(progress if ranks.is_main else None, "evaluate", len(mine)) as bar:
         for batch in loader:
-            ready = []
-            for item in batch:
-                entry = mine[item["index"]]
-                try:
-                    if item["error"] is not None:
-                        raise SkippedFile(root / entry["image"], item["error"])
-                    maps = read_map_file(Path(cfg.cam_dir) / entry.get("map", ""), (len(modes),))
-                    truth_here = truth(entry["image"], tuple(item["size"])) if truth.regions else None
-                    ready.append((item, entry, maps, truth_here))
-                except SkippedFile as exc:
-                    result.failed += 1
-                    log.error("%s: %s (skipped)", exc.path, exc)
+            ready = _readable(batch, mine, root, cfg.cam_dir, len(modes), truth, result)
             for group in _by_shape(ready, len(modes), _variants_per_mode(cfg)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves,
                           run_info["modes"])
             bar.update(len(batch))
             stop.check()
     if ranks.world > 1:
-        parts = ranks.gather((result.rows, curves, result.failed))
-        shutdown(ranks)
+        curves = _gather(ranks, result, curves, chosen, modes)
         if not ranks.is_main:
             return result
-        order = {e["image"]: i for i, e in enumerate(chosen)}
-        result.rows = sorted((r for rows, _, _ in parts for r in rows),
-                             key=lambda r: (order[r["image"]], modes.index(r["mode"])))
-        curves = {k: [c for _, part, _ in parts for c in part[k]] for k in curves}
-        result.failed = sum(f for _, _, f in parts)
     for mode in modes:
         rows = [r for r in result.rows if r["mode"] == mode]
-        result.summary[mode] = {}
-        for name in names:
-            mean, half, n = mean_ci(np.array([r.get(name, np.nan) for r in rows], dtype=np.float64))
-            result.summary[mode][name] = {"mean": mean, "ci95": half, "n": n}
+        result.summary[mode] = {name: _summary(rows, name) for name in names}
     result.images = len({r["image"] for r in result.rows})
     _write_outputs(cfg, run_info, result, curves, modes)
     return result
+
+
+def _readable(batch: list[dict], entries: list[dict], root: Path, cam_dir: str, n_modes: int, truth: GroundTruth,
+              result: EvaluateResult) -> list[tuple]:
+    """The items of a loader batch with their index entry, maps and ground truth; an item whose image, maps or
+    mask cannot be read is logged, counted in ``result.failed`` and left out."""
+    ready = []
+    for item in batch:
+        entry = entries[item["index"]]
+        try:
+            if item["error"] is not None:
+                raise SkippedFile(root / entry["image"], item["error"])
+            maps = read_map_file(Path(cam_dir) / entry.get("map", ""), (n_modes,))
+            truth_here = truth(entry["image"], tuple(item["size"])) if truth.regions else None
+            ready.append((item, entry, maps, truth_here))
+        except SkippedFile as exc:
+            result.failed += 1
+            log.error("%s: %s (skipped)", exc.path, exc)
+    return ready
+
+
+def _gather(ranks, result: EvaluateResult, curves: dict, chosen: list[dict], modes: list[str]) -> dict:
+    """torchrun: every rank's rows, curves and failures on rank 0, in the single-process order; the curves."""
+    parts = ranks.gather((result.rows, curves, result.failed))
+    shutdown(ranks)
+    if not ranks.is_main:
+        return curves
+    order = {e["image"]: i for i, e in enumerate(chosen)}
+    result.rows = sorted((r for rows, _, _ in parts for r in rows),
+                         key=lambda r: (order[r["image"]], modes.index(r["mode"])))
+    result.failed = sum(f for _, _, f in parts)
+    return {k: [c for _, part, _ in parts for c in part[k]] for k in curves}
+
+
+def _summary(rows: list[dict], name: str) -> dict:
+    """The mean of metric ``name`` over ``rows`` with its 95% interval and the count it is over."""
+    mean, half, n = mean_ci(np.array([r.get(name, np.nan) for r in rows], dtype=np.float64))
+    return {"mean": mean, "ci95": half, "n": n}
 
 
 def _variants_per_mode(cfg: EvaluateConfig) -> int:
