@@ -3,7 +3,7 @@
 For every variant (CAM method, target layer, modes) the test split is explained by the engine generate_cam.py
 uses and each mode's map is scored against the ground truth: the share of its mass inside the parts
 (``energy_part``), inside the parts where the target differs from the mode's reference classes
-(``energy_difference``; the baseline's reference is its rank-1 class) and whether its peak falls there
+(``energy_difference``; a mode without ranks is scored against the rank-1 class) and whether its peak falls there
 (``pointing_difference``); means with 95% intervals. Only the localisation is measured here (no masked
 forward passes); evaluate.py measures the rest.
 
@@ -36,8 +36,10 @@ from finer_cam.models import load_classifier  # noqa: E402
 from finer_cam.targets import parse_modes  # noqa: E402
 from finer_cam.toy import DEFAULT_ROOT, DEFAULT_WEIGHTS, load_split  # noqa: E402
 
-MODES = ["baseline:0", "finer:0.6:1,2,3", "compare:1:1", "finer_r1:0.6:1", "finer_a03:0.3:1,2,3",
-         "finer_a1:1:1,2,3", "finer_softmax:0.6:1,2,3:softmax"]
+# baseline_r123 is the plain Grad-CAM map (α 0) scored in the ranks-1-3 modes' difference region, so that
+# ``finer`` has a baseline on the same region
+MODES = ["baseline:0", "baseline_r123:0:1,2,3", "finer:0.6:1,2,3", "compare:1:1", "finer_r1:0.6:1",
+         "finer_a03:0.3:1,2,3", "finer_a1:1:1,2,3", "finer_softmax:0.6:1,2,3:softmax"]
 VARIANTS = [("gradcam", "last"), ("hirescam", "last"), ("layercam", "last"), ("gradcam", "final"),
             ("gradcam", "block:2"), ("hirescam", "final")]
 
@@ -97,7 +99,7 @@ def main() -> None:
     for method, layer in variants:
         model = load_classifier(args.weights, args.head, "vit_toy", "cpu")
         set_target_layer(model, layer)
-        engine = FinerCAM(model, modes, method)
+        engine = FinerCAM(model, modes=modes, method=method)
         start = time.monotonic()
         scores = {m.name: {"energy_part": [], "energy_difference": [], "pointing_difference": []} for m in modes}
         for s in range(0, len(rows), 40):
@@ -108,7 +110,7 @@ def main() -> None:
                 fitted = normalize_maps(resize_maps(maps[b].float(), masks[i].shape))
                 t, refs = int(ex.targets[b]), ex.references[b].tolist()
                 for m, mode in enumerate(modes):
-                    mine = [refs[r - 1] for r in mode.ranks] if mode.alpha else [refs[0]]
+                    mine = [refs[r - 1] for r in mode.ranks] if mode.ranks else [refs[0]]
                     region = truth.difference(masks[i], t, mine)
                     scores[mode.name]["energy_part"].append(float(energy_inside(fitted[m:m + 1], parts[i:i + 1])))
                     if region is None:

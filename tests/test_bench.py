@@ -33,3 +33,22 @@ def test_bench_throughput_runs():
 def test_bench_concepts_runs():
     out = _run("bench/bench_concepts.py", "--images", "1", "--concepts", "2")
     assert out.strip()
+
+
+@pytest.mark.slow
+def test_ablate_toy_runs(tmp_path):
+    """bench/ablate_toy.py on a toy world of one test image a class, with a random head of the right size."""
+    import json
+
+    import torch
+
+    from finer_cam.toy import ToyConfig, write_dataset
+
+    write_dataset(tmp_path / "toy", ToyConfig(train_per_class=1, test_per_class=1), workers=1)
+    head = torch.nn.Linear(128, 16)
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    out = _run("bench/ablate_toy.py", "--root", str(tmp_path / "toy"), "--head", str(tmp_path / "head.pth"),
+               "--variants", "gradcam@last", "gradcam@block:2", "--out", str(tmp_path / "ablations.json"))
+    assert "| baseline_r123 |" in out and "| finer |" in out
+    results = json.loads((tmp_path / "ablations.json").read_text())
+    assert set(results) == {"gradcam@last", "gradcam@block:2"}

@@ -160,10 +160,9 @@ def test_the_toy_commands_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped backbone (4 epochs, 192 steps) does not meet the premise yet: "
-                   "its pooled features give a linear head about 50% test accuracy; docs/toy_world.md")
 def test_shipped_backbone_meets_the_premise(tmp_path):
-    """The premise checks at a reduced size (the demo measures them on the whole test split): patch tokens
+    """The premise checks on a world of another seed at a reduced size (the demo measures them on the whole
+    test split; this one gave 0.978, 0.979 and 0.979): patch tokens
     tell what their patch shows, a linear head on the pooled tokens names the class, and the class most like
     the true one is a sibling."""
     weights = REPO / DEFAULT_WEIGHTS
@@ -174,9 +173,9 @@ def test_shipped_backbone_meets_the_premise(tmp_path):
     assert train_classifier.main(["--data_root", str(root), "--model_path", str(weights), "--arch", "vit_toy",
                                   "--output_dir", str(out), "--image_size", "224", "--num_workers", "0"]) == 0
     premise = premise_checks(root, weights, out / "best_classifier.pth", probe_images=120)
-    assert premise["locality_accuracy"] >= 0.85, premise
-    assert premise["head_accuracy"] >= 0.9, premise
-    assert premise["sibling_rank1_fraction"] >= 0.85, premise
+    assert premise["locality_accuracy"] >= 0.9, premise
+    assert premise["head_accuracy"] >= 0.95, premise  # the issue's thresholds, on images the backbone never saw
+    assert premise["sibling_rank1_fraction"] >= 0.9, premise
 
 
 @pytest.mark.slow
