@@ -37,12 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill", metavar=one_of(FILLS), default="mean",
                    help="what masked pixels become: 0 after normalisation (the data set mean) or a blurred copy")
     p.add_argument("--steps", type=int, default=20, help="steps of the deletion/insertion curves (0: no curves)")
-    gt = p.add_mutually_exclusive_group()
-    gt.add_argument("--masks", default=None, metavar="DIR",
-                    help="ground-truth masks: DIR/<image path, its extension replaced by .png> (a.jpg and a.png "
-                         "share one mask), encoded as --mask_format says")
-    gt.add_argument("--boxes", default=None, metavar="CSV",
-                    help="ground-truth boxes: a CSV with columns image,x1,y1,x2,y2 in original image pixels")
+    p.add_argument("--masks", default=None, metavar="DIR",
+                   help="ground-truth masks: DIR/<image path, its extension replaced by .png> (a.jpg and a.png "
+                        "share one mask), encoded as --mask_format says")
+    p.add_argument("--boxes", default=None, metavar="CSV",
+                   help="instead of --masks: ground-truth boxes, a CSV with columns image,x1,y1,x2,y2 in original "
+                        "image pixels")
     p.add_argument("--mask_format", metavar=one_of(MASK_FORMATS), default="auto",
                    help="binary: the object where the pixel is >= 128; levels: 0 background, 128 object, 255 part; "
                         "labels: a label map named by DIR/labels.json ({\"background\": 0, \"regions\": {name: "

@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--aug_smooth", action="store_true",
                    help="average over flipped and rescaled-intensity views (ttach), as pytorch-grad-cam")
     pre = p.add_argument_group("preprocessing")
-    size = pre.add_mutually_exclusive_group()
-    size.add_argument("--image_size", type=int, default=None,
-                      help="bicubic resize to a square of this side (default: the head's sidecar, else 224, or the "
-                           "CLIP checkpoint's resolution)")
-    size.add_argument("--max_size", type=int, default=None,
-                      help="keep the aspect ratio, cap the long side, round each side up to a multiple of the patch")
+    pre.add_argument("--image_size", type=int, default=None,
+                     help="bicubic resize to a square of this side (default: the head's sidecar, else 224, or the "
+                          "CLIP checkpoint's resolution)")
+    pre.add_argument("--max_size", type=int, default=None,
+                     help="instead of --image_size: keep the aspect ratio, cap the long side, round each side up to "
+                          "a multiple of the patch")
     pre.add_argument("--normalize", metavar=one_of(sorted(NORMALIZATIONS)), default=None,
                      help="input normalisation (default: what the head was trained with, else ImageNet's, or "
                           "CLIP's with --backbone clip)")
