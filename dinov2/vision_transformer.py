@@ -190,12 +190,16 @@ def config_from_state_dict(state: dict[str, torch.Tensor], arch: str = "auto") -
         ffn = "mlp"
         hidden = state["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * d
         ratio = hidden / d
-    found = ViTConfig(embed_dim=d, depth=depth, num_heads=max(1, d // 64), patch_size=patch,
+    # the number of heads is not in the weights: a registered size of this shape says it, else DINOv2's 64 a head
+    heads = next((c.num_heads for c in ARCHS.values() if (c.embed_dim, c.depth, c.num_register_tokens, c.ffn) ==
+                  (d, depth, registers, ffn)), max(1, d // 64))
+    found = ViTConfig(embed_dim=d, depth=depth, num_heads=heads, patch_size=patch,
                       img_size=side * patch, mlp_ratio=ratio, ffn=ffn, num_register_tokens=registers)
     if arch == "auto":
         return found
     if arch not in ARCHS:
-        raise CheckpointError(f"unknown architecture {arch!r}; known: auto, {', '.join(sorted(ARCHS))}")
+        raise CheckpointError(f"unknown architecture {arch!r}; known: auto, {', '.join(sorted(ARCHS))} "
+                              "(register_arch adds a size; finer_cam.models registers the toy world's vit_toy)")
     want = ARCHS[arch]
     guess = next((n for n, c in ARCHS.items() if (c.embed_dim, c.depth, c.num_register_tokens)
                   == (d, depth, registers)), None)
@@ -234,5 +238,6 @@ def load_dinov2(path: str, arch: str = "auto", map_location: str | torch.device 
 def build(arch: str, **overrides) -> DinoVisionTransformer:
     """A randomly initialised model of a registered architecture (``overrides`` change config fields)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))} (register_arch adds a "
+                         "size; finer_cam.models registers the toy world's vit_toy)")
     return DinoVisionTransformer(replace(ARCHS[arch], **overrides))

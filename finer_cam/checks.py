@@ -41,4 +41,4 @@ def exclusive(*fields_and_values: tuple[str, object]) -> None:
     """At most one of the fields is given (not None, not empty)."""
     given = [field for field, value in fields_and_values if value not in (None, False, [], ())]
     if len(given) > 1:
-        raise ArgumentError(given[0], problem=f"excludes {', '.join('--' + g for g in given[1:])}: give one of them")
+        raise ArgumentError(given[0], problem=f"excludes {', '.join('--' + g for g in given[1:])} (give one of them)")

@@ -6,7 +6,7 @@ import re
 from pathlib import PurePath
 
 _UNSET = object()
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
+_FLAG = re.compile(r"(?<![^\s(])--([a-z][a-z0-9_]*)")  # a flag the problem names: after a space or "(" only
 
 
 class FinerCamError(Exception):
@@ -36,6 +36,10 @@ class ArgumentError(FinerCamError):
     def __str__(self) -> str:
         return self._render(_Style.flags)
 
+    def __reduce__(self):  # across processes (loader workers, torchrun) with or without a value
+        return _rebuild, (self.name, self.problem, self.value is not _UNSET,
+                          None if self.value is _UNSET else self.value)
+
     def _render(self, flags: bool) -> str:
         value = self.value
         if flags:
@@ -47,3 +51,7 @@ class ArgumentError(FinerCamError):
             if value is not _UNSET:
                 head += f"={str(value)!r}" if isinstance(value, PurePath) else f"={value!r}"
         return f"{head}: {problem}"
+
+
+def _rebuild(name: str, problem: str, has_value: bool, value) -> ArgumentError:
+    return ArgumentError(name, value, problem) if has_value else ArgumentError(name, problem=problem)

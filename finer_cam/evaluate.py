@@ -80,9 +80,10 @@ class EvaluateConfig:
         checks.one_of("fill", self.fill, FILLS)
         checks.one_of("mask_format", self.mask_format, MASK_FORMATS)
         if not self.percent or any(not 0 < p < 100 for p in self.percent):
-            raise ArgumentError("percent", self.percent, "each must be between 0 and 100 (exclusive)")
+            raise ArgumentError("percent", " ".join(map(str, self.percent)), "each must be between 0 and 100 "
+                                "(exclusive)")
         if len({_pct(p) for p in self.percent}) != len(self.percent):
-            raise ArgumentError("percent", self.percent, "a percentage is given twice")
+            raise ArgumentError("percent", " ".join(map(_pct, self.percent)), "a percentage is given twice")
         check_runtime(self.num_workers, self.max_pixels)
         checks.at_least("steps", self.steps, 0, "0 (no curves) or more")
         checks.at_least("batch_size", self.batch_size, 1)
@@ -411,7 +412,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
                  stop: StopRequest | None = None) -> EvaluateResult:
     """Evaluate the maps of ``cfg.cam_dir`` and write the tables and figures into ``cfg.out``."""
     stop = stop or StopRequest()
-    check_folder(cfg.out, "--out")
+    check_folder(cfg.out, "out")
     run_info, entries = read_run(cfg.cam_dir)
     if run_info.get("concepts"):
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: a concept run (--concepts); evaluate.py measures the maps "
@@ -614,7 +615,7 @@ def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
 
 def _write_outputs(cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves, modes: list[str]) -> None:
     out = Path(cfg.out)
-    lock = FolderLock(out, "--out")  # also marks the figures as outputs, never read as images
+    lock = FolderLock(out, "out")  # also marks the figures as outputs, never read as images
     try:
         _write_tables(out, cfg, run_info, result, curves, modes)
     finally:

@@ -157,7 +157,7 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
-    check_folder(cfg.save_dir, "--save_dir")
+    check_folder(cfg.save_dir, "save_dir")
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
     model_spec = cfg.model_path or DEFAULT_MODELS[cfg.backbone]

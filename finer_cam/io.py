@@ -89,13 +89,13 @@ def inside(root: str | Path, relative: str, what: str) -> Path:
     return Path(root) / relative
 
 
-def check_folder(path: str | Path, flag: str) -> None:
-    """An output folder given by ``flag``: where it or a folder above it exists, that is a folder (checked
+def check_folder(path: str | Path, argument: str) -> None:
+    """An output folder given as ``argument``: where it or a folder above it exists, that is a folder (checked
     before any work, so that a file in the way does not stop a run at its end)."""
     for folder in (Path(path), *Path(path).parents):
         if folder.exists():
             if not folder.is_dir():
-                raise FinerCamError(f"{flag} {path}: {folder} is a file, not a folder")
+                raise ArgumentError(argument, Path(path), f"{folder} is a file, not a folder")
             return
 
 
@@ -134,18 +134,18 @@ class FolderLock:
     never write into one folder at once. The operating system drops it when the process ends, however it
     ends: a killed run never leaves a lock behind."""
 
-    def __init__(self, folder: str | Path, flag: str) -> None:
-        """Lock ``folder`` (made first when missing); ``flag`` names it in the one-line errors."""
+    def __init__(self, folder: str | Path, argument: str) -> None:
+        """Lock ``folder`` (made first when missing); its errors are ArgumentErrors of ``argument``."""
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FinerCamError(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+            raise ArgumentError(argument, Path(folder), f"cannot create the folder ({exc.strerror or exc})") from None
         self.path = Path(folder) / OUTPUT_MARKER
         self.existed = self.path.exists()
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise FinerCamError(f"{flag} {folder}: cannot write there ({exc.strerror or exc})") from None
+            raise ArgumentError(argument, Path(folder), f"cannot write there ({exc.strerror or exc})") from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,7 +154,7 @@ class FolderLock:
                     holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
                 finally:
                     os.close(fd)
-                raise FinerCamError(f"{flag} {folder}: in use by another run (process {holder}); wait for it to "
+                raise ArgumentError(argument, Path(folder), f"in use by another run (process {holder}); wait for it to "
                                     "finish or use another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -302,14 +302,14 @@ def read_index(path: Path) -> dict[str, dict]:
     return entries
 
 
-def read_run(cam_dir: str | Path, flag: str = "--cam_dir") -> tuple[dict, dict[str, dict]]:
+def read_run(cam_dir: str | Path, argument: str = "cam_dir") -> tuple[dict, dict[str, dict]]:
     """A generate_cam.py output folder: its ``run.json`` and its index entries (see :func:`read_index`)."""
     folder = Path(cam_dir)
     if not folder.is_dir():
-        raise FinerCamError(f"{flag} {cam_dir}: no such folder")
+        raise ArgumentError(argument, Path(cam_dir), "no such folder")
     run_path = folder / RUN_FILE
     if not run_path.exists():
-        raise FinerCamError(f"{flag} {cam_dir}: no {RUN_FILE} (not a folder written by generate_cam.py)")
+        raise ArgumentError(argument, Path(cam_dir), f"no {RUN_FILE} (not a folder written by generate_cam.py)")
     try:
         run_info = json.loads(read_text(run_path, str(run_path)))
     except (ValueError, RecursionError) as exc:
@@ -354,7 +354,7 @@ class RunFolder:
             raise ArgumentError("save_dir", Path(save_dir), f"cannot create the folder ({exc.strerror})") from None
         if not os.access(self.dir, os.W_OK):
             raise ArgumentError("save_dir", Path(save_dir), "the folder is not writable")
-        self.lock = FolderLock(self.dir, "--save_dir")  # held until close(): one run at a time per folder
+        self.lock = FolderLock(self.dir, "save_dir")  # held until close(): one run at a time per folder
         try:
             self._open(run_info, overwrite)
         except BaseException:

@@ -23,6 +23,7 @@ import clip
 from dinov2 import ARCHS, DinoVisionTransformer, ViTConfig, load_dinov2, register_arch
 
 from .checkpoints import CheckpointError, load_state_dict_file
+from .data import NORMALIZATIONS
 from .errors import ArgumentError, FinerCamError
 from .io import is_special, read_text
 from .kernels import pack_linears
@@ -272,6 +273,11 @@ def read_sidecar(head_path: str | Path) -> dict:
         raise FinerCamError(f"{path}: unreadable classifier sidecar ({exc})") from None
     if not isinstance(data, dict):
         raise FinerCamError(f"{path}: the classifier sidecar must be a JSON object")
+    size, normalize = data.get("image_size"), data.get("normalize")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise FinerCamError(f"{path}: 'image_size' {size!r} is not a positive number of pixels")
+    if normalize is not None and normalize not in NORMALIZATIONS:
+        raise FinerCamError(f"{path}: 'normalize' {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     return data
 
 

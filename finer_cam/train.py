@@ -72,6 +72,7 @@ class TrainConfig:
         for flag, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
                             ("image_size", self.image_size)):
             checks.at_least(flag, value, 1, optional=flag == "image_size")
+        checks.at_least("seed", self.seed, 0, "0 or a positive integer")
         checks.finite("lr", self.lr, "a positive number", above=0)
         checks.finite("weight_decay", self.weight_decay, "0 or a positive number", at_least=0)
         checks.finite("val_fraction", self.val_fraction, "a fraction between 0 and 1", above=0, below=1)
@@ -322,7 +323,7 @@ class TrainResult:
 
 
 def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
-    check_folder(out, "--output_dir")
+    check_folder(out, "output_dir")
     existing = [n for n in OUTPUTS if (out / n).exists()]
     if cfg.resume:
         if not (out / STATE).is_file():
@@ -346,7 +347,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
-    lock = FolderLock(out, "--output_dir")  # one training at a time in a folder
+    lock = FolderLock(out, "output_dir")  # one training at a time in a folder
     try:
         return _train(cfg, out, device, split, progress, stop)
     finally:

@@ -217,8 +217,8 @@ def check_config(cfg: VisualizeConfig) -> np.ndarray:
             raise FinerCamError(f"--grid {cfg.grid}: give a .png, .pdf, .svg or .jpg file name")
         if Path(cfg.grid).is_dir():
             raise FinerCamError(f"--grid {cfg.grid}: a folder; give a file name")
-        check_folder(Path(cfg.grid).parent, "--grid")
-    check_folder(cfg.save_dir, "--save_dir")
+        check_folder(Path(cfg.grid).parent, "grid")
+    check_folder(cfg.save_dir, "save_dir")
     return colormap_lut(cfg.colormap)
 
 
@@ -241,7 +241,7 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
     examples = Examples(root, run_info["class_names"], explained)
     lead = map_lead_shape(run_info)
     grid_rows = []
-    lock = FolderLock(cfg.save_dir, "--save_dir")  # also marks the strips as outputs, never read as images
+    lock = FolderLock(cfg.save_dir, "save_dir")  # also marks the strips as outputs, never read as images
     try:
         if lock.existed:  # our folder: what a killed run was writing is gone
             remove_stale_temporaries(Path(cfg.save_dir))

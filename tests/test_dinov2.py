@@ -160,3 +160,23 @@ def test_dinov2_knows_only_the_official_sizes_and_takes_more_by_registration():
     register_arch("vit_small", ARCHS["vit_small"])  # the same again is fine
     with pytest.raises(ValueError, match="already registered"):
         register_arch("vit_small", ARCHS["vit_base"])
+
+
+def test_auto_takes_the_heads_of_a_registered_size_of_the_same_shape(tmp_path):
+    """The number of heads is not in the weights: ``arch="auto"`` takes it from a registered size of the same
+    shape (here 4 heads of 32, where DINOv2's rule of 64 a head would give 2), and the loaded model computes
+    what the saved one does."""
+    from dinov2 import ARCHS, ViTConfig, build, load_dinov2, register_arch
+
+    register_arch("vit_test_heads", ViTConfig(embed_dim=128, depth=2, num_heads=4, img_size=56))
+    try:
+        torch.manual_seed(0)
+        model = build("vit_test_heads").eval()
+        torch.save(model.state_dict(), tmp_path / "m.pth")
+        loaded = load_dinov2(str(tmp_path / "m.pth"), arch="auto").eval()
+        assert loaded.config.num_heads == 4
+        x = torch.randn(1, 3, 56, 56)
+        with torch.no_grad():
+            assert torch.allclose(model(x), loaded(x), atol=1e-6)
+    finally:
+        del ARCHS["vit_test_heads"]

@@ -23,7 +23,7 @@ from dinov2 import ARCHS, DinoVisionTransformer
 from finer_cam import io as fio
 from finer_cam.cam import normalize_maps, resize_maps
 from finer_cam.data import find_images, read_class_names
-from finer_cam.errors import ArgumentError, speak_of_flags
+from finer_cam.errors import ArgumentError, FinerCamError, speak_of_flags
 from finer_cam.evaluate import EvaluateConfig, EvaluateResult, _read_boxes, format_table
 from finer_cam.generate import GenerateConfig
 from finer_cam.overlay import fit_map
@@ -135,13 +135,13 @@ def test_outputs_get_the_permissions_of_the_umask(world, umask, mode):
 
 def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_does_not_block(world, capsys):
     (world / "out").mkdir()
-    held = fio.FolderLock(world / "out", "--save_dir")  # another run writing there
+    held = fio.FolderLock(world / "out", "save_dir")  # another run writing there
     try:
         assert generate(world) == 2
         line = one_error_line(capsys, "--save_dir", "in use by another run", f"process {os.getpid()}")
         assert not (world / "out" / "run.json").exists(), line
         (world / "vis").mkdir()
-        vis_lock = fio.FolderLock(world / "vis", "--save_dir")
+        vis_lock = fio.FolderLock(world / "vis", "save_dir")
     finally:
         held.release()
     assert generate(world) == 0
@@ -152,7 +152,7 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_does_not_bl
     (world / "out" / fio.OUTPUT_MARKER).write_text("999999\n")
     assert generate(world, "--overwrite") == 0
     (world / "head_out").mkdir()
-    held = fio.FolderLock(world / "head_out", "--output_dir")
+    held = fio.FolderLock(world / "head_out", "output_dir")
     try:
         assert train(world, world / "head_out") == 2
         one_error_line(capsys, "--output_dir", "in use")
@@ -453,3 +453,26 @@ def test_a_run_configuration_checks_its_values_when_it_is_made(make):
         assert str(info.value).startswith(f"--{info.value.name}")
     finally:
         speak_of_flags(previous)
+
+
+def test_argument_errors_cross_processes_and_keep_user_text(tmp_path):
+    """A loader worker's ArgumentError comes back whole, with or without a value; the library's form drops the
+    dashes of the flags a message names, never those inside a path it quotes."""
+    import pickle
+
+    for error in (ArgumentError("concepts", problem="needs --backbone clip"), ArgumentError("modes", "x:1", "bad")):
+        back = pickle.loads(pickle.dumps(error))
+        assert (back.name, back.problem, str(back)) == (error.name, error.problem, str(error))
+    error = ArgumentError("dataset_path", problem="line 1: '/tmp/--data/sub' is a folder (give --dataset_path)")
+    assert str(error) == "dataset_path: line 1: '/tmp/--data/sub' is a folder (give dataset_path)"
+
+
+def test_a_negative_seed_and_a_bad_sidecar_are_one_line_errors(tmp_path):
+    with pytest.raises(ArgumentError, match="^seed=-1"):
+        TrainConfig("d", None, "o", seed=-1)
+    from finer_cam.models import read_sidecar
+
+    for bad in ({"image_size": "big"}, {"image_size": 0}, {"normalize": "foo"}):
+        (tmp_path / "classifier_config.json").write_text(json.dumps(bad))
+        with pytest.raises(FinerCamError, match="classifier_config.json: '(image_size|normalize)'"):
+            read_sidecar(tmp_path / "head.pth")
