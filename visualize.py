@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_max_pixels_argument, main_guard, setup_logging,
+                           add_max_pixels_argument, main_guard, one_of, setup_logging,
                            tqdm_bar)
 from finer_cam.progress import StopRequest
 from finer_cam.visualize import FORMATS, VisualizeConfig, run_visualize
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="panel height in pixels, aspect kept (default: each image's own resolution)")
     p.add_argument("--colormap", default="jet", help="an OpenCV (jet, turbo, ...) or matplotlib (viridis, ...) colour map")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the colour map in the blend (0: image only)")
-    p.add_argument("--format", choices=FORMATS, default="jpg", help="file type of the strips")
+    p.add_argument("--format", metavar=one_of(FORMATS), default="jpg", help="file type of the strips")
     p.add_argument("--limit", type=int, default=None, help="at most this many images (in path order)")
     add_max_pixels_argument(p)
     p.add_argument("--images", nargs="+", default=None, metavar="PATH",
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = VisualizeConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
     def body(stop: StopRequest) -> int:
+        cfg = VisualizeConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})  # checks every value
         summary = run_visualize(cfg, progress=tqdm_bar, stop=stop)
         print(f"{PROG}: {summary.written} of {summary.total} strips written to {cfg.save_dir}"
               + (f"; grid in {cfg.grid}" if cfg.grid and summary.written else ""), file=sys.stderr)

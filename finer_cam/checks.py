@@ -28,11 +28,12 @@ def at_least(field: str, value, minimum: int, what: str = "", optional: bool = F
 
 
 def finite(field: str, value, what: str, above: float | None = None, at_least: float | None = None,
-           below: float | None = None) -> None:
-    """``value`` is a finite number, ``> above``, ``>= at_least`` and ``< below`` (each when given)."""
+           below: float | None = None, at_most: float | None = None) -> None:
+    """``value`` is a finite number, ``> above``, ``>= at_least``, ``< below`` and ``<= at_most`` (each when
+    given)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
-    ok = ok and (below is None or value < below)
+    ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
     if not ok:
         raise ArgumentError(field, value, f"expected {what}")
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import checks
 from .data import MAX_PIXELS, ImageError, LabelMatcher, load_image, walk_images
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, inside, map_lead_shape,
                  read_map_file, read_run, remove_stale_temporaries)
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
@@ -42,6 +43,18 @@ class VisualizeConfig:
     grid: str | None = None
     grid_rows: int = 6
     max_pixels: int | None = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        """Every field's value is checked here, once (:mod:`finer_cam.checks`); the colour map is looked up
+        and the output folders are checked by :func:`run_visualize`."""
+        checks.one_of("format", self.format, FORMATS)
+        checks.finite("alpha", self.alpha, "a blend weight between 0 and 1", at_least=0, at_most=1)
+        checks.at_least("size", self.size, 8, "a panel height of at least 8 pixels", optional=True)
+        checks.at_least("limit", self.limit, 1, optional=True)
+        checks.at_least("grid_rows", self.grid_rows, 1, "at least 1 image in the grid")
+        checks.at_least("max_pixels", self.max_pixels, 0, "a number of pixels, or 0 for no limit", optional=True)
+        if self.grid is not None and Path(self.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+            raise ArgumentError("grid", Path(self.grid), "give a .png, .pdf, .svg or .jpg file name")
 
 
 @dataclass
@@ -200,23 +213,10 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
 
 
 def check_config(cfg: VisualizeConfig) -> np.ndarray:
-    if cfg.format not in FORMATS:
-        raise FinerCamError(f"--format {cfg.format!r}: expected one of {', '.join(FORMATS)}")
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise FinerCamError(f"--alpha {cfg.alpha}: expected a blend weight between 0 and 1")
-    if cfg.size is not None and cfg.size < 8:
-        raise FinerCamError(f"--size {cfg.size}: expected a panel height of at least 8 pixels")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise FinerCamError("--limit must be at least 1")
-    if cfg.grid_rows < 1:
-        raise FinerCamError(f"--grid_rows {cfg.grid_rows}: expected at least 1 image in the grid")
-    if cfg.max_pixels is not None and cfg.max_pixels < 0:
-        raise FinerCamError(f"--max_pixels {cfg.max_pixels}: expected a number of pixels, or 0 for no limit")
+    """What needs the machine: the colour map's table (returned) and the output folders."""
     if cfg.grid is not None:
-        if Path(cfg.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-            raise FinerCamError(f"--grid {cfg.grid}: give a .png, .pdf, .svg or .jpg file name")
         if Path(cfg.grid).is_dir():
-            raise FinerCamError(f"--grid {cfg.grid}: a folder; give a file name")
+            raise ArgumentError("grid", Path(cfg.grid), "a folder; give a file name")
         check_folder(Path(cfg.grid).parent, "grid")
     check_folder(cfg.save_dir, "save_dir")
     return colormap_lut(cfg.colormap)
