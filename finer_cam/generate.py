@@ -154,56 +154,83 @@ def _resolve_class_names(cfg: GenerateConfig, head_path: str) -> tuple[list[str]
     return read_class_names(path), str(path)
 
 
+@dataclass
+class _Loaded:
+    """The model a run explains, and where its classes and weights came from."""
+
+    model: torch.nn.Module
+    model_path: Path
+    class_names: list[str]
+    class_file: str | None  # the class list read (None for concepts)
+    head_info: dict | None  # the head file as run.json records it (None for concepts)
+    concepts: ConceptSet | None
+    sidecar: dict  # what train_classifier.py recorded beside the head (empty when none)
+
+
+def _load(cfg: GenerateConfig, device: torch.device, progress: BarFactory | None) -> _Loaded:
+    model_spec = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
+    if cfg.concepts or cfg.concepts_file:
+        concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
+        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
+        model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
+        return _Loaded(model, Path(model_path), concepts.class_names, None, None, concepts, {})
+    head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
+    if is_special(head_path):  # before any weights are downloaded
+        raise FinerCamError(f"{head_path}: not a regular file (a FIFO, device or socket)")
+    if not Path(head_path).is_file():
+        raise FinerCamError(f"{head_path}: no such file")
+    class_names, class_file = _resolve_class_names(cfg, head_path)
+    sidecar = read_sidecar(head_path)
+    model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
+    model = load_classifier(model_path, head_path, cfg.arch, device, cfg.backbone, cfg.clip_pool)
+    if model.num_classes != len(class_names):
+        raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
+                            f"lists {len(class_names)}; pass the head's class list with --class_names")
+    head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes,
+                 "sha256": file_sha256(head_path, remember=False)}
+    return _Loaded(model, Path(model_path), class_names, class_file, head_info, None, sidecar)
+
+
+def _normalization(cfg: GenerateConfig, sidecar: dict, kind) -> str:
+    """The flag's, else the one the head was trained with, else the backbone's own; a flag that contradicts
+    the head is warned about."""
+    if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
+        log.warning("the head was trained with %s normalisation but --normalize %s was asked for",
+                    sidecar["normalize"], cfg.normalize)
+    return cfg.normalize or sidecar.get("normalize") or kind.normalize
+
+
+def _input_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | None:
+    """The square side images are resized to (None with ``max_size``): the flag's, else the head's, else the
+    backbone's native one; a flag that contradicts the head is warned about."""
+    trained = sidecar.get("image_size")
+    if cfg.image_size and trained and cfg.image_size != trained:
+        log.warning("the head was trained at %s px but --image_size %s was asked for", trained, cfg.image_size)
+    if cfg.max_size:
+        if trained:
+            log.warning("the head was trained on %s px squares but --max_size %s keeps each image's aspect ratio "
+                        "(long side up to %s px)", trained, cfg.max_size, cfg.max_size)
+        return None
+    return cfg.image_size or int(trained or native)
+
+
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
     check_folder(cfg.save_dir, "save_dir")
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
-    model_spec = cfg.model_path or DEFAULT_MODELS[cfg.backbone]
-    concepts, sidecar = None, {}
-    if cfg.concepts or cfg.concepts_file:
-        concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
-        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
-        model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
-        class_names, class_file, head_info = concepts.class_names, None, None
-    else:
-        head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
-        if is_special(head_path):  # before any weights are downloaded
-            raise FinerCamError(f"{head_path}: not a regular file (a FIFO, device or socket)")
-        if not Path(head_path).is_file():
-            raise FinerCamError(f"{head_path}: no such file")
-        class_names, class_file = _resolve_class_names(cfg, head_path)
-        sidecar = read_sidecar(head_path)
-        model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
-        model = load_classifier(model_path, head_path, cfg.arch, device, cfg.backbone, cfg.clip_pool)
-        if model.num_classes != len(class_names):
-            raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
-                                f"lists {len(class_names)}; pass the head's class list with --class_names")
-        head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes,
-                     "sha256": file_sha256(head_path, remember=False)}
-    kind = backbone_kind(model.backbone)
-    normalize = cfg.normalize or sidecar.get("normalize") or kind.normalize
-    if normalize not in NORMALIZATIONS:
-        raise FinerCamError(f"--normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
-    if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
-        log.warning("the head was trained with %s normalisation but --normalize %s was asked for",
-                    sidecar["normalize"], cfg.normalize)
-    if cfg.image_size and sidecar.get("image_size") and cfg.image_size != sidecar["image_size"]:
-        log.warning("the head was trained at %s px but --image_size %s was asked for", sidecar["image_size"],
-                    cfg.image_size)
-    if cfg.max_size and sidecar.get("image_size"):
-        log.warning("the head was trained on %s px squares but --max_size %s keeps each image's aspect ratio "
-                    "(long side up to %s px)", sidecar["image_size"], cfg.max_size, cfg.max_size)
+    loaded = _load(cfg, device, progress)
+    model = loaded.model
     for mode in modes:
         if mode.alpha and all(r > model.num_classes - 1 for r in mode.ranks):
             log.warning("--modes %s: every rank lies beyond the %d other classes, so this mode is plain Grad-CAM "
                         "(its label still says α=%g)", mode.spec, model.num_classes - 1, mode.alpha)
-    native = kind.native_size(model.backbone)
-    image_size = cfg.image_size if cfg.image_size or cfg.max_size else int(sidecar.get("image_size", native))
+    kind = backbone_kind(model.backbone)
+    normalize = _normalization(cfg, loaded.sidecar, kind)
     mean, std = NORMALIZATIONS[normalize]
-    preprocess = Preprocess(mean, std, image_size=None if cfg.max_size else image_size, max_size=cfg.max_size,
-                            patch=model.patch_size)
+    preprocess = Preprocess(mean, std, image_size=_input_size(cfg, loaded.sidecar, kind.native_size(model.backbone)),
+                            max_size=cfg.max_size, patch=model.patch_size)
     if cfg.compile:
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
@@ -214,13 +241,13 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         "modes": [m.to_json() for m in modes],
         "method": cfg.method,
         "target_layer": model.target_layer_name,
-        "backbone": {"path": str(Path(model_path).resolve()), "sha256": file_sha256(model_path),
+        "backbone": {"path": str(loaded.model_path.resolve()), "sha256": file_sha256(loaded.model_path),
                      "arch": arch_name(model.backbone, cfg.arch), **backbone_shape(model.backbone),
                      **({"pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else {})},
-        "head": head_info,
-        **({"concepts": concepts.to_json()} if concepts else {}),
-        "class_names_file": class_file,
-        "class_names": class_names,
+        "head": loaded.head_info,
+        **({"concepts": loaded.concepts.to_json()} if loaded.concepts else {}),
+        "class_names_file": loaded.class_file,
+        "class_names": loaded.class_names,
         "preprocessing": {**preprocess.to_json(), "normalize": normalize},
         "similarity": cfg.similarity,
         "target": cfg.target,
@@ -233,7 +260,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    return RunSetup(engine, images, preprocess, class_names, run_info, device, concepts)
+    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts)
 
 
 def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
