@@ -1,7 +1,8 @@
-"""Value checks for the run configurations (``GenerateConfig``, ``TrainConfig``, ``EvaluateConfig``): each
-configuration checks its fields once, when it is made, whether from a command line or from Python, and the
-code that runs it trusts them. Each field is a flag of a script: the errors are :class:`ArgumentError` of the
-field, which a command line prints with the flag (``--lr nan: ...``) and Python with the field (``lr=nan: ...``)."""
+"""Value checks for the run configurations (``GenerateConfig``, ``TrainConfig``, ``EvaluateConfig``,
+``VisualizeConfig``): each configuration checks its fields once, when it is made, whether from a command line
+or from Python, and the code that runs it trusts them. Each field is a flag of a script: the errors are
+:class:`ArgumentError` of the field, which a command line prints with the flag (``--lr nan: ...``) and Python
+with the field (``lr=nan: ...``)."""
 
 from __future__ import annotations
 
