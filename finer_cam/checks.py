@@ -44,3 +44,13 @@ def exclusive(*fields_and_values: tuple[str, object]) -> None:
     given = [field for field, value in fields_and_values if value not in (None, False, [], ())]
     if len(given) > 1:
         raise ArgumentError(given[0], problem=f"excludes {', '.join('--' + g for g in given[1:])} (give one of them)")
+
+
+def num_workers(value) -> None:
+    """``--num_workers``, as every script that decodes images takes it."""
+    at_least("num_workers", value, 0, "0 (decode in the main process) or more")
+
+
+def max_pixels(value) -> None:
+    """``--max_pixels``, the decompression-bomb guard every script that decodes images takes."""
+    at_least("max_pixels", value, 0, "a number of pixels, or 0 for no limit", optional=True)

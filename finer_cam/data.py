@@ -118,14 +118,6 @@ def find_images(source: str | Path) -> ImageList:
 
 # ----------------------------------------------------------------------------------------------- class names
 
-def check_runtime(num_workers: int, max_pixels: int | None) -> None:
-    """``--num_workers`` and ``--max_pixels``, as every script that decodes images takes them."""
-    if num_workers < 0:
-        raise ArgumentError("num_workers", num_workers, "expected 0 (decode in the main process) or more")
-    if max_pixels is not None and max_pixels < 0:
-        raise ArgumentError("max_pixels", max_pixels, "expected a number of pixels, or 0 for no limit")
-
-
 def read_class_names(path: str | Path) -> list[str]:
     """One class name a line, in the head's output order (blank lines at the end ignored; UTF-8, with or
     without a byte-order mark)."""

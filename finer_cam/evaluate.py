@@ -34,7 +34,7 @@ from PIL import Image
 
 from . import checks
 from .cam import normalize_maps, resize_maps
-from .data import MAX_PIXELS, ImageDataset, Preprocess, check_runtime, make_loader
+from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from .device import resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
@@ -84,7 +84,8 @@ class EvaluateConfig:
                                 "(exclusive)")
         if len({_pct(p) for p in self.percent}) != len(self.percent):
             raise ArgumentError("percent", " ".join(map(_pct, self.percent)), "a percentage is given twice")
-        check_runtime(self.num_workers, self.max_pixels)
+        checks.num_workers(self.num_workers)
+        checks.max_pixels(self.max_pixels)
         checks.at_least("steps", self.steps, 0, "0 (no curves) or more")
         checks.at_least("batch_size", self.batch_size, 1)
         checks.at_least("limit", self.limit, 1, optional=True)

@@ -16,7 +16,7 @@ from . import __version__, checks
 from .cam import METHODS, TARGETS, FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
-                   Preprocess, check_runtime, decode_raw, displayed_size, find_images, make_loader, read_class_names,
+                   Preprocess, decode_raw, displayed_size, find_images, make_loader, read_class_names,
                    shape_batches)
 from .device import PRECISIONS, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
@@ -78,7 +78,8 @@ class GenerateConfig:
         checks.exclusive(("image_size", self.image_size), ("max_size", self.max_size))
         for flag, value in (("image_size", self.image_size), ("max_size", self.max_size)):
             checks.at_least(flag, value, 1, "a positive number of pixels", optional=True)
-        check_runtime(self.num_workers, self.max_pixels)
+        checks.num_workers(self.num_workers)
+        checks.max_pixels(self.max_pixels)
         checks.one_of("decode", self.decode, DECODERS)
         checks.one_of("backbone", self.backbone, BACKBONES)
         checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)

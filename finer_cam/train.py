@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__, checks
-from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, check_runtime, keep_as_list, make_loader,
+from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader,
                    walk_images)
 from .device import PRECISIONS, autocast, resolve_device
 from .errors import FinerCamError
@@ -76,7 +76,8 @@ class TrainConfig:
         checks.finite("lr", self.lr, "a positive number", above=0)
         checks.finite("weight_decay", self.weight_decay, "0 or a positive number", at_least=0)
         checks.finite("val_fraction", self.val_fraction, "a fraction between 0 and 1", above=0, below=1)
-        check_runtime(self.num_workers, self.max_pixels)
+        checks.num_workers(self.num_workers)
+        checks.max_pixels(self.max_pixels)
         checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
         checks.one_of("backbone", self.backbone, BACKBONES)
         checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)

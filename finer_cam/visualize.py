@@ -52,7 +52,7 @@ class VisualizeConfig:
         checks.at_least("size", self.size, 8, "a panel height of at least 8 pixels", optional=True)
         checks.at_least("limit", self.limit, 1, optional=True)
         checks.at_least("grid_rows", self.grid_rows, 1, "at least 1 image in the grid")
-        checks.at_least("max_pixels", self.max_pixels, 0, "a number of pixels, or 0 for no limit", optional=True)
+        checks.max_pixels(self.max_pixels)
         if self.grid is not None and Path(self.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
             raise ArgumentError("grid", Path(self.grid), "give a .png, .pdf, .svg or .jpg file name")
 
