@@ -119,11 +119,8 @@ def differing_parts(a: str, b: str) -> list[str]:
     return [r for r in REGIONS if ta[r] != tb[r]]
 
 
-SPLITS = ("train", "test", "pretrain")  # "pretrain": the unlabelled images the backbone learns from
-
-
 def _rng(seed: int, split: str, cls: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS.index(split), cls, index])
+    return np.random.default_rng([seed, 0 if split == "train" else 1, cls, index])
 
 
 def _background(rng: np.random.Generator, side: int) -> Image.Image:
@@ -316,27 +313,6 @@ def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, li
     return np.stack(images), np.stack(masks), rows
 
 
-def _render_class(args: tuple[ToyConfig, str, int, int]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    cfg, split, cls, count = args
-    drawn = [render(cfg, split, cls, i) for i in range(count)]
-    return (np.stack([np.asarray(img) for img, _, _ in drawn]), np.stack([np.asarray(m) for _, m, _ in drawn]),
-            [a for _, _, a in drawn])
-
-
-def render_pool(cfg: ToyConfig, per_class: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """``per_class`` images of every class from the ``pretrain`` stream, drawn in memory (never written):
-    the images the backbone learns from, apart from the training and test splits. Same returns as
-    :func:`load_split`, classes in order."""
-    jobs = [(cfg, "pretrain", c, per_class) for c in range(len(cfg.class_names))]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_render_class, jobs))
-    else:
-        parts = [_render_class(job) for job in jobs]
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            [row for p in parts for row in p[2]])
-
-
 PARTS = tuple(LABELS["parts"])  # wheels, badge, light, roof
 
 
@@ -374,13 +350,9 @@ def patch_labels(shares: np.ndarray, states: np.ndarray, names: list[str]) -> np
 
 def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_size: int = 32, lr: float = 1e-3,
                    seed: int = 0, threads: int = 2, image_parts: float = 1.0, limit: int | None = None,
-                   pretrain_per_class: int = 0, workers: int = 2, device: str = "cpu", progress=None) -> dict:
-    """Train the ``vit_toy`` DINOv2 architecture from scratch and save it in the official checkpoint layout.
-    Returns what was measured (seconds, images, final loss).
-
-    It learns from the toy training split under ``root``, or, with ``pretrain_per_class``, from that many
-    images of every class drawn in memory from the ``pretrain`` stream (:func:`render_pool`; the settings of
-    ``root/toy.json``), none of which the head is trained or tested on.
+                   device: str = "cpu", progress=None) -> dict:
+    """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split under ``root`` and save
+    it in the official checkpoint layout. Returns what was measured (seconds, images, final loss).
 
     The backbone learns to describe what is drawn, never the 16 classes. Every patch token says what its own
     patch shows: how much of it is background, body, wheels, badge, light and roof box, and, on a part, that
@@ -403,13 +375,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    if pretrain_per_class:
-        settings = json.loads((Path(root) / "toy.json").read_text(encoding="utf-8"))
-        cfg = ToyConfig(image_size=settings["image_size"], seed=settings["seed"], groups=tuple(settings["groups"]),
-                        siblings=tuple(settings["siblings"]))
-        x_train, m_train, rows = render_pool(cfg, pretrain_per_class, workers)
-    else:
-        x_train, m_train, rows = load_split(root, "train")
+    x_train, m_train, rows = load_split(root, "train")
     if limit:
         x_train, m_train, rows = x_train[:limit], m_train[:limit], rows[:limit]
     groups = np.array([r["group"] for r in rows])
@@ -484,7 +450,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     state = {k: v.detach().cpu().clone().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write_bytes(Path(out), lambda f: torch.save(state, f))
     return {"seconds": round(seconds, 1), "epochs": epochs, "steps": step, "train_images": int(len(groups)),
-            "pretrain_per_class": pretrain_per_class, "device": str(device), "threads": threads,
+            "device": str(device), "threads": threads,
             "final_loss": round(float(loss.item()), 4)}
 
 
@@ -593,9 +559,6 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--epochs", type=int, default=40, help="passes over the training split (the shipped file: 40)")
     b.add_argument("--batch_size", type=int, default=32, help="images a step (the shipped file: 32)")
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--pretrain_per_class", type=int, default=0,
-                   help="learn from this many images a class drawn in memory (the 'pretrain' stream, apart from the "
-                        "training and test splits); 0: learn from the training split")
     b.add_argument("--device", default="cpu", help="where to train (bit for bit reproducible on the CPU)")
     b.add_argument("--image_parts", type=float, default=1.0,
                    help="weight of the image-level target 'the look of each part' on the pooled features; 0 "
@@ -620,7 +583,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backbone":
             report = train_backbone(args.root, args.out, epochs=args.epochs, batch_size=args.batch_size,
                                     seed=args.seed, threads=args.threads, image_parts=args.image_parts,
-                                    pretrain_per_class=args.pretrain_per_class, workers=args.workers,
                                     device=args.device,
                                     progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}",
                                                                       file=sys.stderr))
