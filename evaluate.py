@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_max_pixels_argument, main_guard, one_of, setup_logging,
+                           add_max_pixels_argument, main_guard, one_of, parse_flags,
                            tqdm_bar)
 from finer_cam.evaluate import FILLS, MASK_FORMATS, EvaluateConfig, format_table, run_evaluate
 from finer_cam.progress import StopRequest
@@ -67,11 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    fields = parse_flags(build_parser(), argv)
 
     def body(stop: StopRequest) -> int:
-        cfg = EvaluateConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})  # checks every value
+        cfg = EvaluateConfig(**fields)  # checks every value
         result = run_evaluate(cfg, progress=tqdm_bar, stop=stop)
         if not result.main:  # another rank of a torchrun run: rank 0 writes and reports for all
             return EXIT_OK

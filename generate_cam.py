@@ -9,7 +9,7 @@ import sys
 from finer_cam.cam import METHODS, TARGETS
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
                            add_backbone_arguments, add_max_pixels_argument, main_guard, one_of,
-                           setup_logging, tqdm_bar)
+                           parse_flags, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.data import DECODERS, NORMALIZATIONS
 from finer_cam.device import PRECISIONS
@@ -102,9 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    fields = {k: v for k, v in vars(args).items() if k != "verbose"}
+    fields = parse_flags(build_parser(), argv)
 
     def body(stop: StopRequest) -> int:
         cfg = GenerateConfig(**fields)  # checks every value: a bad one is a one-line error

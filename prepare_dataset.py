@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import EXIT_OK, main_guard, setup_logging, tqdm_bar
+from finer_cam.cli import EXIT_OK, main_guard, parse_flags, tqdm_bar
 from finer_cam.prepare import DATASETS, run_prepare
 from finer_cam.progress import StopRequest
 
@@ -30,14 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    flags = parse_flags(build_parser(), argv)
 
     def body(stop: StopRequest) -> int:
-        result = run_prepare(args.name, args.source, args.out, args.overwrite, progress=tqdm_bar, stop=stop)
+        result = run_prepare(**flags, progress=tqdm_bar, stop=stop)
         splits = ", ".join(f"{n} {split}" for split, n in result.images.items())
         extras = f" and {', '.join(result.extras)}" if result.extras else ""
-        print(f"{PROG}: {args.name}: {result.classes} classes, {splits} images in {result.out}{extras}",
+        print(f"{PROG}: {flags['name']}: {result.classes} classes, {splits} images in {result.out}{extras}",
               file=sys.stderr)
         return EXIT_OK
 

@@ -9,7 +9,7 @@ import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
                            add_backbone_arguments, add_max_pixels_argument, main_guard, one_of,
-                           setup_logging, tqdm_bar)
+                           parse_flags, tqdm_bar)
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.device import PRECISIONS
 from finer_cam.progress import StopRequest
@@ -66,11 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    fields = parse_flags(build_parser(), argv)
 
     def body(stop: StopRequest) -> int:
-        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})  # checks every value
+        cfg = TrainConfig(**fields)  # checks every value
         result = run_train(cfg, progress=tqdm_bar, stop=stop)
         best = "n/a" if math.isnan(result.best_accuracy) else f"{result.best_accuracy:.4f}"
         print(f"{PROG}: {len(result.class_names)} classes, {result.train_images} training images; best accuracy "

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_max_pixels_argument, main_guard, one_of, setup_logging,
+                           add_max_pixels_argument, main_guard, one_of, parse_flags,
                            tqdm_bar)
 from finer_cam.progress import StopRequest
 from finer_cam.visualize import FORMATS, VisualizeConfig, run_visualize
@@ -41,11 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    fields = parse_flags(build_parser(), argv)
 
     def body(stop: StopRequest) -> int:
-        cfg = VisualizeConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})  # checks every value
+        cfg = VisualizeConfig(**fields)  # checks every value
         summary = run_visualize(cfg, progress=tqdm_bar, stop=stop)
         print(f"{PROG}: {summary.written} of {summary.total} strips written to {cfg.save_dir}"
               + (f"; grid in {cfg.grid}" if cfg.grid and summary.written else ""), file=sys.stderr)

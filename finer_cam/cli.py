@@ -84,6 +84,14 @@ def setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+def parse_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
+    """Parse ``argv``, set up logging from ``--verbose`` and return the other flags by name: the fields of the
+    script's run configuration."""
+    flags = vars(parser.parse_args(argv))
+    setup_logging(flags.pop("verbose"))
+    return flags
+
+
 def main_guard(prog: str, body: Callable[[StopRequest], int],
                resume_hint: str = "finished images are kept; rerun the same command to resume") -> int:
     """Run ``body(stop)``: a FinerCamError becomes ``prog: error: message`` and exit status 2.
