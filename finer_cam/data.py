@@ -79,6 +79,10 @@ def find_images(source: str | Path) -> ImageList:
     skipped, duplicates are kept once, and relative paths are taken relative to the list file's folder. The
     root of a list is the deepest folder common to all its images, so that every output stays inside the
     output folder.
+
+    Paths are kept as given (made absolute, ``..`` folded), never resolved: in a data set of links
+    (git-annex, DVC, a Hugging Face cache: ``data/<class>/x.png -> blobs/<hash>``) an image's class folder
+    and map name come from its own path, not from its link's target, which is only read.
     """
     source = Path(source)
     if source.is_dir():
@@ -88,7 +92,7 @@ def find_images(source: str | Path) -> ImageList:
             raise ArgumentError("dataset_path", Path(source), f"no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return ImageList(root, paths)
     if source.suffix.lower() in IMAGE_EXTENSIONS and source.exists():  # one image: its folder is the root
-        path = source.resolve()
+        path = _as_given(source)
         return ImageList(path.parent, [path])
     if source.exists():
         lines = read_text(source, argument="dataset_path").splitlines()
@@ -99,7 +103,7 @@ def find_images(source: str | Path) -> ImageList:
                 continue
             try:
                 p = Path(line)
-                p = (p if p.is_absolute() else source.parent / p).resolve()
+                p = _as_given(p if p.is_absolute() else source.parent / p)
             except (OSError, ValueError, RuntimeError) as exc:
                 raise ArgumentError("dataset_path", Path(source), f"line {number}: not a usable path "
                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
@@ -114,6 +118,13 @@ def find_images(source: str | Path) -> ImageList:
         root = Path(os.path.commonpath([str(p.parent) for p in paths]))
         return ImageList(root, paths)
     raise ArgumentError("dataset_path", Path(source), "no such folder or list file")
+
+
+def _as_given(path: Path) -> Path:
+    """``path`` absolute, with ``.`` and ``..`` folded, its symbolic links left as they are."""
+    if "\0" in str(path):
+        raise ValueError("a NUL character in the path")
+    return Path(os.path.abspath(path))
 
 
 # ----------------------------------------------------------------------------------------------- class names

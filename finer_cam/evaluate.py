@@ -38,8 +38,8 @@ from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from .device import resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
-from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, is_special, read_map_file,
-                 read_run, read_text, safe_relative, write_json)
+from .io import (INDEX_FILE, FolderLock, SkippedFile, atomic_write_bytes, check_folder, claim_output, dataset_root,
+                 entry_map, inside, is_special, read_map_file, read_run, read_text, safe_relative, write_json)
 from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                       relative_drop, top_percent_mask)
 from .models import load_classifier
@@ -50,6 +50,7 @@ log = logging.getLogger("finer_cam")
 FILLS = ("mean", "blur")
 MASK_FORMATS = ("auto", "binary", "levels", "labels")
 VARIANT_BUDGET = 64 * 2**20  # mask elements (bytes of bool) built at once for one group of images
+OUTPUT_FILES = ("summary.md", "summary.csv", "summary.json", "per_image.csv", "curves.png", "rd_bars.png")
 
 
 @dataclass
@@ -182,7 +183,7 @@ class GroundTruth:
 
     def _regions(self, rel: str, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
         if self.masks is not None:
-            path = self.masks / Path(rel).with_suffix(".png")
+            path = inside(self.masks, Path(rel).with_suffix(".png").as_posix(), "--masks", follow_links=True)
             if is_special(path):  # a FIFO or a device would block the read for ever
                 raise SkippedFile(path, "not a regular file (a FIFO, device or socket)")
             if not path.is_file():
@@ -418,6 +419,9 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     if run_info.get("concepts"):
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: a concept run (--concepts); evaluate.py measures the maps "
                             "of a classifier's classes and does not take concept maps")
+    root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
+    claim_output(cfg.out, "out", root=root, image_folders={(root / e["image"]).parent for e in entries.values()},
+                 writes=OUTPUT_FILES)
     device = resolve_device(cfg.device)
     ranks = init_ranks(device.type)
     if ranks.world > 1 and device.type == "cuda":
@@ -433,7 +437,6 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     preprocess = _preprocess(run_info, model.patch_size)
     truth = GroundTruth(cfg.masks, cfg.boxes, cfg.mask_format, cfg.attributes, class_names, cfg.parts,
                         cfg.part_radius)
-    root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]
     chosen = chosen[:cfg.limit] if cfg.limit else chosen
     if not chosen:
@@ -442,11 +445,12 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     result = EvaluateResult(summary={}, rows=[], metrics=names, main=ranks.is_main)
     curves: dict[str, list[np.ndarray]] = {"deletion": [], "insertion": []}
     mine = ranks.shard(chosen)  # torchrun: each rank evaluates its share; rank 0 gathers and writes
-    dataset = ImageDataset([root / e["image"] for e in mine], preprocess, cfg.max_pixels)
+    dataset = ImageDataset([inside(root, e["image"], "index.jsonl: image", follow_links=True) for e in mine],
+                           preprocess, cfg.max_pixels)
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
     with open_bar(progress if ranks.is_main else None, "evaluate", len(mine)) as bar:
         for batch in loader:
-            ready = _readable(batch, mine, root, cfg.cam_dir, len(modes), truth, result)
+            ready = _readable(batch, mine, root, cfg.cam_dir, len(class_names), len(modes), truth, result)
             for group in _by_shape(ready, len(modes), _variants_per_mode(cfg)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves,
                           run_info["modes"])
@@ -464,17 +468,26 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     return result
 
 
-def _readable(batch: list[dict], entries: list[dict], root: Path, cam_dir: str, n_modes: int, truth: GroundTruth,
-              result: EvaluateResult) -> list[tuple]:
+def _readable(batch: list[dict], entries: list[dict], root: Path, cam_dir: str, n_classes: int, n_modes: int,
+              truth: GroundTruth, result: EvaluateResult) -> list[tuple]:
     """The items of a loader batch with their index entry, maps and ground truth; an item whose image, maps or
-    mask cannot be read is logged, counted in ``result.failed`` and left out."""
+    mask cannot be read, or whose index line names no class of the run as its target, is logged, counted in
+    ``result.failed`` and left out."""
     ready = []
     for item in batch:
         entry = entries[item["index"]]
         try:
             if item["error"] is not None:
                 raise SkippedFile(root / entry["image"], item["error"])
-            maps = read_map_file(Path(cam_dir) / entry.get("map", ""), (n_modes,))
+            target = entry.get("target")
+            if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < n_classes:
+                raise SkippedFile(Path(cam_dir) / INDEX_FILE, f"{entry['image']}: target {target!r} is not a class "
+                                  f"index of the run (0 to {n_classes - 1})")
+            try:
+                map_path = inside(cam_dir, entry_map(entry), "index.jsonl: map")
+            except FinerCamError as exc:
+                raise SkippedFile(Path(cam_dir) / INDEX_FILE, str(exc)) from None
+            maps = read_map_file(map_path, (n_modes,))
             truth_here = truth(entry["image"], tuple(item["size"])) if truth.regions else None
             ready.append((item, entry, maps, truth_here))
         except SkippedFile as exc:

@@ -21,7 +21,7 @@ from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, Ima
 from .device import PRECISIONS, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
-from .io import MapWriter, RunFolder, check_folder, is_special, map_names
+from .io import INDEX_FILE, RUN_FILE, MapWriter, RunFolder, check_folder, claim_output, is_special, map_names
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
@@ -127,6 +127,7 @@ class RunSetup:
     run_info: dict  # what run.json records
     device: torch.device
     concepts: ConceptSet | None  # a CLIP concept run; None for a classifier with a head
+    map_names: dict[str, str] = field(default_factory=dict)  # relative image path -> relative map path
     matcher: LabelMatcher = field(init=False)  # folder name -> class index
 
     def __post_init__(self) -> None:
@@ -220,6 +221,10 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     (``progress`` shows a download of named weights)."""
     check_folder(cfg.save_dir, "save_dir")
     modes = parse_modes(cfg.modes)
+    images = find_images(cfg.dataset_path)
+    maps = map_names([images.relative(p) for p in images.paths])
+    claim_output(cfg.save_dir, "save_dir", root=images.root, image_folders={p.parent for p in images.paths},
+                 writes=[RUN_FILE, INDEX_FILE, *maps.values()])
     device = resolve_device(cfg.device)
     loaded = _load(cfg, device, progress)
     model = loaded.model
@@ -236,7 +241,6 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
     engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=cfg.precision)
-    images = find_images(cfg.dataset_path)
     run_info = {
         "dataset_root": str(images.root),
         "modes": [m.to_json() for m in modes],
@@ -261,7 +265,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts)
+    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts, maps)
 
 
 def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
@@ -276,8 +280,8 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     images, preprocess, device = setup.images, setup.preprocess, setup.device
     folder = _open_folder(cfg, setup.run_info, ranks)
     rel_paths = [images.relative(p) for p in images.paths]
-    pending = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel)]
-    todo = _Todo(rel_paths, ranks.shard(pending), map_names(rel_paths))
+    pending = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel, setup.map_names[rel])]
+    todo = _Todo(rel_paths, ranks.shard(pending), setup.map_names)
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(pending), main=ranks.is_main)
     progress = progress if ranks.is_main else None
     dataset = ImageDataset([images.paths[i] for i in todo.indices], preprocess, cfg.max_pixels, cfg.decode)

@@ -81,12 +81,28 @@ def safe_relative(text) -> str | None:
     return text
 
 
-def inside(root: str | Path, relative: str, what: str) -> Path:
-    """``root / relative`` when ``relative`` is a :func:`safe_relative` path; else a FinerCamError naming
-    ``what``. (Symbolic links inside ``root`` are the owner's own and are followed, as in a data set of links.)"""
+def inside(root: str | Path, relative: str, what: str, *, follow_links: bool = False) -> Path:
+    """``root / relative`` for a path read out of a file (an annotation, an index line, a CSV row): the one rule
+    that confines every such path to its root.
+
+    ``relative`` must be a :func:`safe_relative` path (not absolute, no ``..``, ``.`` or empty part, no NUL),
+    and, unless ``follow_links``, what it names must not leave ``root`` through a symbolic link (the link's
+    target, resolved, stays under ``root`` resolved). ``follow_links`` is for the user's own data set, whose
+    links (git-annex, DVC, a Hugging Face cache) are followed for reading. Anything else is a FinerCamError
+    naming ``what``, raised before anything is read or written.
+    """
     if safe_relative(relative) is None:
         raise FinerCamError(f"{what}: {relative!r} is not a relative path inside {root}")
-    return Path(root) / relative
+    path = Path(root) / relative
+    if not follow_links:
+        try:
+            top = Path(root).resolve()
+            target = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a loop of links
+            raise FinerCamError(f"{what}: {relative!r} cannot be resolved inside {root} ({exc})") from None
+        if target != top and top not in target.parents:
+            raise FinerCamError(f"{what}: {relative!r} leaves {root} through a symbolic link (to {target})")
+    return path
 
 
 def check_folder(path: str | Path, argument: str) -> None:
@@ -97,6 +113,41 @@ def check_folder(path: str | Path, argument: str) -> None:
             if not folder.is_dir():
                 raise ArgumentError(argument, Path(path), f"{folder} is a file, not a folder")
             return
+
+
+def claim_output(folder: str | Path, argument: str, *, root: str | Path | None = None,
+                 image_folders=(), writes=()) -> None:
+    """Refuse, before any work, an output folder that the project must not write into: the one writer rule.
+
+    - ``folder`` (or a folder above it) is a file (see :func:`check_folder`);
+    - ``folder`` is the data set's ``root``, or lies in the data set and holds some of its images (one of
+      ``image_folders``, the folders holding them, or a folder above one): its outputs would sit among the
+      user's files, replace them, and its lock would hide them from later runs;
+    - ``folder`` exists, is not an output folder of the project (it has no ``OUTPUT_MARKER``, the lock and
+      record of the runs that wrote it) and already holds a file under one of the relative names in
+      ``writes``, which the run would replace.
+
+    Each is an :class:`ArgumentError` of ``argument``.
+    """
+    check_folder(folder, argument)
+    here = Path(folder).resolve()
+    if root is not None:
+        top = Path(root).resolve()
+        if here == top:
+            raise ArgumentError(argument, Path(folder), "is the data set's own folder; outputs there would sit among "
+                                "its images, replace them and hide them from later runs (use another folder)")
+        if top in here.parents:
+            for images in map(lambda f: Path(f).resolve(), image_folders):
+                if images == here or here in images.parents:
+                    raise ArgumentError(argument, Path(folder), f"holds the data set's images ({images}); outputs "
+                                        "there would sit among them, replace them and hide them from later runs "
+                                        "(use another folder)")
+    if not here.is_dir() or (here / OUTPUT_MARKER).exists():
+        return
+    for name in writes:
+        if (here / name).exists():
+            raise ArgumentError(argument, Path(folder), f"holds {name}, which finer_cam did not write (the folder "
+                                f"has no {OUTPUT_MARKER}); it is never replaced: use another folder")
 
 
 def finite_json(data):
@@ -129,10 +180,36 @@ def _umask() -> int:
     return mask
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the folder locks this process holds
+_AT_FORK = threading.Lock()
+_at_fork_registered = False
+
+
+def _drop_locks_in_child() -> None:
+    """In a child made by fork (loader workers): close its copies of the parent's lock descriptors, so that a
+    child never holds a folder lock (which would outlive a parent killed with kill -9). Closing a copy does
+    not unlock the parent's: the lock goes with the last descriptor of its open file."""
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+def _register_at_fork() -> None:
+    global _at_fork_registered
+    with _AT_FORK:
+        if not _at_fork_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_drop_locks_in_child)
+            _at_fork_registered = True
+
+
 class FolderLock:
     """An exclusive lock on an output folder (``OUTPUT_MARKER`` in it, holding the PID), so that two runs
     never write into one folder at once. The operating system drops it when the process ends, however it
-    ends: a killed run never leaves a lock behind."""
+    ends: a killed run never leaves a lock behind. Child processes never hold it: its descriptor is not
+    inherited across exec, and a forked child (a loader worker) closes its copy at once."""
 
     def __init__(self, folder: str | Path, argument: str) -> None:
         """Lock ``folder`` (made first when missing); its errors are ArgumentErrors of ``argument``."""
@@ -142,8 +219,9 @@ class FolderLock:
             raise ArgumentError(argument, Path(folder), f"cannot create the folder ({exc.strerror or exc})") from None
         self.path = Path(folder) / OUTPUT_MARKER
         self.existed = self.path.exists()
+        _register_at_fork()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
             raise ArgumentError(argument, Path(folder), f"cannot write there ({exc.strerror or exc})") from None
         if fcntl is not None:
@@ -159,9 +237,11 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self.fd: int | None = fd
+        _HELD_LOCKS.add(fd)
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 
@@ -247,20 +327,39 @@ NAME_MAX = 255  # bytes in one file name on the usual file systems
 
 
 def map_names(relative_images: list[str]) -> dict[str, str]:
-    """Image path -> map path, both relative: ``a/b.jpg -> a/b.npy``; ``.jpg.npy`` where stems collide.
+    """Image path -> map path, both relative, unique per image by construction.
 
-    A file name that the suffix would push past 255 bytes is cut and made unique with a hash of the image
-    path (the index names each image's map file, so nothing depends on the name's form).
+    An image keeps the documented ``<stem>.npy`` (``a/b.jpg -> a/b.npy``) when no other image of its folder has
+    that stem and no other image is called ``<stem>``; otherwise its map is ``<file name>.npy`` (``a/b.jpg.npy``).
+    Two stem names differ (their stems do), two file names differ (the images do), and a stem name equals a
+    file name only when one image's stem is another's name, which takes the file name. A file name that the
+    suffix would push past 255 bytes is cut and made unique with a hash of the image path (the index names
+    each image's map file, so nothing depends on the name's form).
     """
+    names = set(relative_images)
     stems: dict[str, int] = {}
     for rel in relative_images:
-        stem = rel.rsplit(".", 1)[0]
+        stem = _stem(rel)
         stems[stem] = stems.get(stem, 0) + 1
     out = {}
     for rel in relative_images:
-        stem = rel.rsplit(".", 1)[0]
-        out[rel] = _fit_name((stem if stems[stem] == 1 else rel) + ".npy", rel)
+        stem = _stem(rel)
+        keep = stems[stem] == 1 and (stem == rel or stem not in names)
+        out[rel] = _fit_name((stem if keep else rel) + ".npy", rel)
     return out
+
+
+def _stem(rel: str) -> str:
+    """``a/b.jpg -> a/b``: the path without the file name's last suffix (a name without one is its own stem)."""
+    folder, _, name = rel.rpartition("/")
+    base = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{folder}/{base}" if folder else base
+
+
+def entry_map(entry: dict) -> str:
+    """The map file of an index line, relative to the run folder: its ``map`` (every index the project writes
+    names it), else the documented ``<stem>.npy`` of an index written before maps were named there."""
+    return entry["map"] if "map" in entry else _stem(entry["image"]) + ".npy"
 
 
 def _fit_name(path: str, key: str) -> str:
@@ -424,9 +523,13 @@ class RunFolder:
         for shard in self._shard_files():
             shard.unlink()
 
-    def is_done(self, image: str) -> bool:
+    def is_done(self, image: str, map_name: str | None = None) -> bool:
+        """Whether ``image`` is finished: its index line and its map file are in place (and, given
+        ``map_name``, the map has that name: an image whose map a run named otherwise is redone)."""
         entry = self.entries.get(image)
-        return bool(entry) and "error" not in entry and (self.dir / entry.get("map", "")).is_file()
+        if not entry or "error" in entry or (map_name is not None and entry.get("map") != map_name):
+            return False
+        return (self.dir / entry.get("map", "")).is_file()
 
     def add(self, entry: dict) -> None:
         """Append one image's index line (after its map file is in place); safe from several threads."""

@@ -29,7 +29,7 @@ from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as
                    walk_images)
 from .device import PRECISIONS, autocast, resolve_device
 from .errors import FinerCamError
-from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, json_text, write_json
+from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, claim_output, json_text, write_json
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
                      backbone_kind, backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
@@ -348,6 +348,8 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
+    claim_output(out, "output_dir", root=cfg.data_root, image_folders={p.parent for p, _ in split.train + split.val},
+                 writes=OUTPUTS)
     lock = FolderLock(out, "output_dir")  # one training at a time in a folder
     try:
         return _train(cfg, out, device, split, progress, stop)

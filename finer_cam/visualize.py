@@ -1,8 +1,9 @@
 """The work of visualize.py: one labelled strip per explained image, and an optional grid figure.
 
 A strip is, left to right: the image; an example image of its first reference class (the class the first
-contrasting mode compared against), taken from the dataset; then one overlay per mode. Everything needed is
-in the generate_cam.py output folder (``run.json``, ``index.jsonl``, the maps) and the dataset it names.
+contrasting mode compared against), one of the run's own images labelled with that class; then one overlay
+per mode. Everything needed is in the generate_cam.py output folder (``run.json``, ``index.jsonl``, the maps)
+and the images its index names.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import numpy as np
 from PIL import Image
 
 from . import checks
-from .data import MAX_PIXELS, ImageError, LabelMatcher, load_image, walk_images
+from .data import MAX_PIXELS, ImageError, load_image
 from .errors import ArgumentError, FinerCamError
-from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, dataset_root, inside, map_lead_shape,
-                 read_map_file, read_run, remove_stale_temporaries)
+from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, claim_output, dataset_root, entry_map,
+                 inside, map_lead_shape, read_map_file, read_run, remove_stale_temporaries)
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, StopRequest, open_bar
 
@@ -80,6 +81,36 @@ def _prob(entry: dict, cls: int) -> float | None:
     return None
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_entry(entry: dict, concepts: bool) -> None:
+    """An index line's fields as generate_cam.py writes them, or a FinerCamError naming the first that is not
+    (``top5`` indices and numeric probabilities; ``target``, ``predicted`` and ``label`` class indices;
+    ``references`` per mode, a list of them per concept for a concept run)."""
+    top = entry.get("top5")
+    if top is not None and not (isinstance(top, dict) and isinstance(top.get("indices", []), list)
+                                and isinstance(top.get("probs", []), list)
+                                and all(_is_int(i) for i in top.get("indices", []))
+                                and all(_is_number(p) for p in top.get("probs", []))):
+        raise FinerCamError(f"index.jsonl: {entry['image']}: 'top5' is not {{\"indices\": [classes], \"probs\": "
+                            "[numbers]}")
+    for key in ("predicted", "label") + (() if concepts else ("target",)):
+        if entry.get(key) is not None and not _is_int(entry[key]):
+            raise FinerCamError(f"index.jsonl: {entry['image']}: {key!r} is not a class index ({entry[key]!r})")
+    refs = entry.get("references")
+    per_mode = [refs] if not concepts else (refs if isinstance(refs, list) else [None])
+    if refs is not None and not all(isinstance(r, dict) and all(isinstance(v, list) and all(map(_is_int, v))
+                                                               for v in r.values()) for r in per_mode):
+        raise FinerCamError(f"index.jsonl: {entry['image']}: 'references' is not "
+                            f"{'a list per concept of ' if concepts else ''}{{mode: [classes]}}")
+
+
 def _with_prob(text: str, p: float | None) -> str:
     return f"{text} p={p:.3f}" if p is not None else f"{text} (not in top 5)"
 
@@ -100,34 +131,19 @@ def first_reference(entry: dict, modes: list[dict]) -> int | None:
 
 
 class Examples:
-    """Example images by class, found in the dataset's class folders (folder names matched as generate_cam.py
-    matches them); the index's own labels serve first."""
+    """Example images by class: the images of the run's own index whose label is that class (nothing else is
+    searched, so an example is always one of the images the run explained)."""
 
-    def __init__(self, root: Path, class_names: list[str], entries: dict[str, dict]) -> None:
-        self.root = root
+    def __init__(self, entries: dict[str, dict]) -> None:
         self.by_class: dict[int, list[str]] = {}
         for rel, entry in entries.items():
-            if isinstance(entry.get("label"), int) and "error" not in entry:
-                self.by_class.setdefault(entry["label"], []).append(rel)
-        self.matcher = LabelMatcher(class_names)
-        self.scanned = False
-
-    def _scan(self) -> None:
-        self.scanned = True
-        if not self.root.is_dir():
-            return
-        for path in walk_images(self.root):
-            label = self.matcher(path.parent.name)
-            rel = path.relative_to(self.root).as_posix()
-            if label is not None and rel not in self.by_class.get(label, []):
+            label = entry.get("label")
+            if isinstance(label, int) and not isinstance(label, bool) and "error" not in entry:
                 self.by_class.setdefault(label, []).append(rel)
 
     def pick(self, cls: int, not_this: str) -> str | None:
         """A relative path of an image of ``cls`` other than ``not_this`` (first in sorted order)."""
         options = sorted(r for r in self.by_class.get(cls, []) if r != not_this)
-        if not options and not self.scanned:
-            self._scan()
-            options = sorted(r for r in self.by_class.get(cls, []) if r != not_this)
         return options[0] if options else None
 
 
@@ -201,6 +217,11 @@ def make_concept_strips(image: np.ndarray, maps: np.ndarray, entry: dict, run_in
     return np.concatenate(stacked, axis=0), heats_by_concept
 
 
+def strip_name(map_rel: str, fmt: str) -> str:
+    """The strip of map ``a/b.npy`` under ``--save_dir``: ``a/b.jpg`` (or ``.png``)."""
+    return (map_rel[:-4] if map_rel.endswith(".npy") else map_rel) + "." + fmt
+
+
 def strip_format(image: np.ndarray, fmt: str) -> str:
     """``fmt``, or ``png`` for a strip too large for JPEG."""
     return "png" if fmt == "jpg" and max(image.shape[:2]) > JPEG_MAX else fmt
@@ -238,7 +259,12 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
         what = f"matching {' '.join(cfg.images)}" if cfg.images else "with maps"
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: no explained images {what} in index.jsonl")
     summary.total = len(chosen)
-    examples = Examples(root, run_info["class_names"], explained)
+    image_folders = {(root / e["image"]).parent for e in entries.values()}
+    claim_output(cfg.save_dir, "save_dir", root=root, image_folders=image_folders,
+                 writes=[strip_name(entry_map(e), f) for e in chosen for f in {cfg.format, "png"}])
+    if cfg.grid is not None:
+        claim_output(Path(cfg.grid).parent, "grid", root=root, image_folders=image_folders)
+    examples = Examples(explained)
     lead = map_lead_shape(run_info)
     grid_rows = []
     lock = FolderLock(cfg.save_dir, "save_dir")  # also marks the strips as outputs, never read as images
@@ -265,8 +291,9 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
     """One image's strip, written; a bad image or map file is logged and counted, not raised."""
     rel = entry["image"]
     try:
-        map_rel = entry.get("map", Path(rel).with_suffix(".npy").as_posix())
-        image_path = inside(root, rel, "index.jsonl: image")  # read_index let only relative paths in
+        check_entry(entry, bool(run_info.get("concepts")))
+        map_rel = entry_map(entry)
+        image_path = inside(root, rel, "index.jsonl: image", follow_links=True)  # the user's own data set
         map_path = inside(cfg.cam_dir, map_rel, "index.jsonl: map")
         image = np.asarray(load_image(image_path, cfg.max_pixels))
         maps = read_map_file(map_path, lead)
@@ -286,7 +313,8 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
             ex_rel = examples.pick(ref, not_this=rel)
             if ex_rel is not None:
                 try:
-                    example = np.asarray(load_image(root / ex_rel, cfg.max_pixels))
+                    example = np.asarray(load_image(inside(root, ex_rel, "index.jsonl: image", follow_links=True),
+                                                    cfg.max_pixels))
                 except ImageError as exc:
                     log.warning("%s: example image unreadable (%s)", root / ex_rel, exc)
         strip, heats = make_strip(image, maps, entry, run_info, example, lut, cfg.alpha, cfg.size)
@@ -312,7 +340,7 @@ def _write_strip(strip: np.ndarray, map_rel: str, cfg: VisualizeConfig) -> None:
     """The strip beside where its map lies in the run folder, mirrored under ``--save_dir``; a strip too large
     for JPEG is written as PNG, with a warning."""
     fmt = strip_format(strip, cfg.format)
-    path = inside(cfg.save_dir, Path(map_rel).with_suffix("." + fmt).as_posix(), "index.jsonl: map")
+    path = inside(cfg.save_dir, strip_name(map_rel, fmt), "index.jsonl: map")
     if fmt != cfg.format:
         log.warning("%s: the strip is %dx%d pixels, more than JPEG holds (%d); written as PNG", path,
                     strip.shape[1], strip.shape[0], JPEG_MAX)

@@ -68,10 +68,35 @@ def test_strip_has_the_image_an_example_and_one_overlay_per_mode(world, tmp_path
 
 
 def test_the_example_is_another_file_when_the_reference_is_the_own_class(world):
-    examples = finer_cam.visualize.Examples(world / "data", CLASSES, {})
+    entries = {f"{name}/{j}.jpg": {"image": f"{name}/{j}.jpg", "label": i} for i, name in enumerate(CLASSES)
+               for j in range(2)}
+    examples = finer_cam.visualize.Examples(entries)
     assert examples.pick(0, not_this="Audi S4 Sedan 2012/0.jpg") == "Audi S4 Sedan 2012/1.jpg"
     assert examples.pick(2, not_this="Audi S4 Sedan 2012/0.jpg") == "BMW M3 Coupe 2012/0.jpg"
     assert examples.pick(0, not_this="x") == "Audi S4 Sedan 2012/0.jpg"
+
+
+def test_examples_come_only_from_the_runs_own_index(world, tmp_path, monkeypatch):
+    """A run over part of the data set: its strips take examples from its own images only, and nothing is
+    searched (no walk of the data set root, which for a list file may be a whole disk)."""
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{world / 'data' / CLASSES[0] / '0.jpg'}\n", encoding="utf-8")
+    cams = tmp_path / "cams"
+    assert generate_cam.main(["--dataset_path", str(listed), "--save_dir", str(cams), "--model_path",
+                              str(world / "backbone.pth"), "--classifier_path", str(world / "head.pth"),
+                              "--class_names", str(world / "classes.txt"), "--num_workers", "0",
+                              "--image_size", "56"]) == 0
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("visualize.py searched the disk for example images")
+
+    monkeypatch.setattr("os.walk", no_walk)
+    monkeypatch.setattr(Path, "rglob", no_walk)
+    drawn = []
+    real = finer_cam.visualize.label_panel
+    monkeypatch.setattr(finer_cam.visualize, "label_panel", lambda panel, lines: drawn.append(lines) or real(panel, lines))
+    assert visualize.main(["--cam_dir", str(cams), "--save_dir", str(tmp_path / "vis")]) == 0
+    assert drawn[1][1] == "no example image found"  # the one image's reference class has no image in the run
 
 
 @pytest.mark.parametrize("save_size", ["input", "grid", "original"])
