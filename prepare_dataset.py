@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_OK
 
-    return main_guard(PROG, body, "nothing was written; rerun the same command")
+    return main_guard(PROG, body, "nothing was written; rerun the same command", stop_on_sigterm=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 
 from tqdm import tqdm
@@ -18,6 +19,7 @@ from .models import BACKBONES, CLIP_POOLS, DEFAULT_MODELS
 from .progress import Interrupted, StopRequest
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_INTERNAL = 70  # an unexpected error (a bug): never one of the statuses above (sysexits' EX_SOFTWARE)
 
 
 class _TqdmHandler(logging.Handler):
@@ -93,11 +95,15 @@ def parse_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict
 
 
 def main_guard(prog: str, body: Callable[[StopRequest], int],
-               resume_hint: str = "finished images are kept; rerun the same command to resume") -> int:
+               resume_hint: str = "finished images are kept; rerun the same command to resume",
+               stop_on_sigterm: bool = False) -> int:
     """Run ``body(stop)``: a FinerCamError becomes ``prog: error: message`` and exit status 2.
 
     The first Ctrl-C (SIGINT) asks ``body`` to stop at its next safe point (after the current batch) through
-    ``stop``; a second one stops at once. Either way the status is 130 and ``resume_hint`` is printed.
+    ``stop``; a second one stops at once. Either way the status is 130 and ``resume_hint`` is printed. With
+    ``stop_on_sigterm``, SIGTERM stops at once too (so that ``body`` can undo its work on the way out). Any
+    other exception is a bug: its traceback is printed and the status is :data:`EXIT_INTERNAL`, never one
+    that the docs give a meaning to.
     """
     stop = StopRequest()
 
@@ -107,8 +113,12 @@ def main_guard(prog: str, body: Callable[[StopRequest], int],
         stop.requested = True
         print(f"{prog}: stopping after the current batch (Ctrl-C again to stop at once)", file=sys.stderr)
 
+    def on_sigterm(signum, frame) -> None:
+        raise KeyboardInterrupt
+
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm) if in_main and stop_on_sigterm else None
     style = speak_of_flags(True)
     try:
         return body(stop)
@@ -118,7 +128,14 @@ def main_guard(prog: str, body: Callable[[StopRequest], int],
     except (Interrupted, KeyboardInterrupt):
         print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:  # a bug, not the user's mistake: the traceback helps to report it
+        traceback.print_exc()
+        print(f"{prog}: internal error (a bug in finer_cam; please report it with the traceback above); exit status "
+              f"{EXIT_INTERNAL}", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
         speak_of_flags(style)
         if in_main:
             signal.signal(signal.SIGINT, previous)
+            if stop_on_sigterm:
+                signal.signal(signal.SIGTERM, previous_term)

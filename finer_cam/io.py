@@ -166,7 +166,7 @@ def json_text(data, indent: int | None = None) -> str:
     return json.dumps(finite_json(data), indent=indent, ensure_ascii=False, allow_nan=False)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (read without changing it where /proc tells it)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -252,7 +252,7 @@ def atomic_write_bytes(path: Path, write) -> None:
     # the temporary name is kept short, so that a file name near the 255-byte limit still has a twin
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # what open(path, "w") would give (mkstemp makes it 0600)
+        os.fchmod(fd, 0o666 & ~current_umask())  # what open(path, "w") would give (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)

@@ -22,6 +22,7 @@ Sources:
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import logging
 import os
@@ -33,14 +34,17 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import walk_images
+from .data import IMAGE_EXTENSIONS, walk_images
 from .errors import FinerCamError
+from .io import current_umask, inside, json_text, safe_relative
 from .progress import BarFactory, StopRequest, open_bar
 
 log = logging.getLogger("finer_cam")
 DATASETS = ("stanford_cars", "cub", "birds525")
 ARCHIVE_SUFFIXES = (".zip", ".tgz", ".tar.gz", ".tar", ".tar.bz2", ".tar.xz")
 SEARCH_DEPTH = 3  # how deep under the source the data set's own top folder may sit
+# in every prepared folder: what was prepared, from where; --overwrite replaces only a folder that holds it
+RECORD = ".finer_cam_prepared.json"
 
 
 @dataclass
@@ -53,10 +57,25 @@ class PrepareResult:
 
 @dataclass
 class _Plan:
-    """What goes where: ``(source file, split, class, file name)`` and extra CSV files."""
+    """What goes where: ``(source file, split, class, file name)``, the splits that must not end up empty,
+    and extra CSV files. Every source file and output name in it has passed :func:`finer_cam.io.inside`."""
 
     items: list[tuple[Path, str, str, str]] = field(default_factory=list)
     csvs: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)  # name -> (header, rows)
+    splits: tuple[str, ...] = ("train", "test")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the images come from: an unpacked archive (moved out of it; its links must stay inside it) or
+    the user's own folder (linked or copied, never moved; its links are the user's and followed)."""
+
+    path: Path  # what --source named
+    move: bool
+
+    def file(self, root: Path, relative: str, what: str) -> Path:
+        """``root / relative`` for a path an annotation names, confined to ``root`` (:func:`inside`)."""
+        return inside(root, relative, what, follow_links=not self.move)
 
 
 def run_prepare(name: str, source: str | Path, out: str | Path, overwrite: bool = False,
@@ -68,23 +87,25 @@ def run_prepare(name: str, source: str | Path, out: str | Path, overwrite: bool 
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FinerCamError(f"--source {source}: no such file or folder")
-    if out.exists() and not out.is_dir():
-        raise FinerCamError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FinerCamError(f"--out {out}: already holds files; remove it or pass --overwrite to replace it")
+    _claim(source, out, overwrite)
+    remove_stale_builds(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        build = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+        os.chmod(build, 0o777 & ~current_umask())  # a prepared folder gets the umask's mode, not mkdtemp's 0700
     except OSError as exc:
         raise FinerCamError(f"--out {out}: cannot write beside it ({exc.strerror or exc})") from None
     try:
         if source.is_dir():
-            root, move = source, False
+            root, where = source, _Source(source, move=False)
         else:
-            root, move = _unpack(source, build / ".source"), True
-        plan = PLANNERS[name](root, source)
-        result = _carry_out(plan, build, move, progress, name, stop or StopRequest())
+            root, where = _unpack(source, build / ".source"), _Source(source, move=True)
+        plan = PLANNERS[name](root, where)
+        result = _carry_out(plan, build, where.move, progress, name, stop or StopRequest())
         shutil.rmtree(build / ".source", ignore_errors=True)
+        (build / RECORD).write_text(json_text({"dataset": name, "source": str(source.resolve()),
+                                               "images": result.images, "classes": result.classes}, indent=2) + "\n",
+                                    encoding="utf-8")
         _swap_into_place(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -93,15 +114,75 @@ def run_prepare(name: str, source: str | Path, out: str | Path, overwrite: bool 
     return result
 
 
+def _claim(source: Path, out: Path, overwrite: bool) -> None:
+    """The writer rule for ``--out``: never the source or a folder holding it or inside it, and an existing
+    folder with files is replaced only with ``overwrite`` and only when this prepared it (its record)."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise FinerCamError(f"--out {out}: {'is' if dst == src else 'holds' if dst in src.parents else 'lies inside'} "
+                            f"--source {source}; the source is never written into or replaced (use another folder)")
+    if out.exists() and not out.is_dir():
+        raise FinerCamError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FinerCamError(f"--out {out}: already holds files; remove it or pass --overwrite to replace it")
+        if not (out / RECORD).is_file():
+            raise FinerCamError(f"--out {out}: holds files that prepare_dataset.py did not write (no {RECORD}); "
+                                "--overwrite replaces only a folder it prepared: remove it yourself or use another")
+
+
+def remove_stale_builds(out: Path) -> int:
+    """Remove the temporary folders that runs killed while preparing ``out`` left beside it
+    (``.OUT.PID.XXXX.tmp`` of a process that no longer runs, and ``.OUT.old-PID``); returns how many."""
+    removed = 0
+    parent = out.parent
+    if not parent.is_dir():
+        return 0
+    for path in parent.glob(f".{glob.escape(out.name)}.*"):
+        pid = _build_pid(path.name[len(out.name) + 2:])
+        if pid is None or not path.is_dir() or path.is_symlink() or _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("%s: removed %d temporary folders that interrupted runs left beside it", out, removed)
+    return removed
+
+
+def _build_pid(rest: str) -> int | None:
+    """The process ID in ``PID.XXXX.tmp`` or ``old-PID`` (None for any other name)."""
+    if rest.startswith("old-") and rest[4:].isdigit():
+        return int(rest[4:])
+    head, _, tail = rest.partition(".")
+    return int(head) if head.isdigit() and tail.endswith(".tmp") else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 def _carry_out(plan: _Plan, build: Path, move: bool, progress: BarFactory | None, name: str,
                stop: StopRequest) -> PrepareResult:
     result = PrepareResult(out=build)
     if not plan.items:
         raise FinerCamError(f"{name}: the source holds no images")
+    counts = {split: sum(1 for item in plan.items if item[1] == split) for split in plan.splits}
+    empty = [split for split, n in counts.items() if not n]
+    if empty:
+        raise FinerCamError(f"{name}: no images for the {' and '.join(empty)} split in the source (see the warnings "
+                            "above); nothing was written")
     classes = set()
     with open_bar(progress, f"prepare {name}", len(plan.items)) as bar:
         for src, split, cls, file in plan.items:
-            dst = build / split / cls / file
+            dst = inside(build, f"{split}/{cls}/{file}", f"{name}: output")
             dst.parent.mkdir(parents=True, exist_ok=True)
             _place(src, dst, move)
             result.images[split] = result.images.get(split, 0) + 1
@@ -120,17 +201,20 @@ def _carry_out(plan: _Plan, build: Path, move: bool, progress: BarFactory | None
 
 
 def _place(src: Path, dst: Path, move: bool) -> None:
-    """The same bytes at ``dst``: moved (out of the unpacked archive), else hard-linked, else copied."""
+    """The same bytes at ``dst``: moved (out of the unpacked archive), else hard-linked, else copied. A link is
+    never moved (its target, already confined, is copied), so nothing outside the unpacked archive moves."""
     try:
-        if move:
+        if move and not src.is_symlink():
             os.replace(src, dst)
             return
         try:
-            os.link(src, dst)
+            os.link(src, dst, follow_symlinks=True)
         except OSError:  # another file system, or links not supported
             shutil.copy2(src, dst)
     except FileNotFoundError:
         raise FinerCamError(f"{src}: listed by the annotations but missing; nothing was written") from None
+    except IsADirectoryError:
+        raise FinerCamError(f"{src}: listed by the annotations as an image but a folder; nothing was written") from None
     except OSError as exc:
         raise FinerCamError(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
 
@@ -160,6 +244,10 @@ def _unpack(archive: Path, into: Path) -> Path:
                 t.extractall(into, filter="data")
         else:
             raise FinerCamError(f"--source {archive}: neither a folder nor a zip or tar archive")
+    except tarfile.FilterError as exc:  # a member that would leave the folder: refused, not damaged
+        raise FinerCamError(f"--source {archive}: refused member ({_first_line(exc)}): an archive member may not be "
+                            "an absolute path, leave the archive through '..' or a link, or be a device; nothing was "
+                            "written") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         raise FinerCamError(f"--source {archive}: truncated or damaged archive ({_first_line(exc)}); nothing was "
                             "written") from None
@@ -187,10 +275,19 @@ def _find(root: Path, test, what: str, source: Path) -> Path:
     raise FinerCamError(f"--source {source}: no {what} found")
 
 
-def _class_folders(split: Path, name: str) -> list[tuple[Path, str, str, str]]:
+def _class_folders(split: Path, name: str, where: _Source) -> list[tuple[Path, str, str, str]]:
+    """The images of a split's class folders; images directly in the split folder (no class) are skipped,
+    with a warning that names how many."""
     items = []
     for folder in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        items += [(img, name, folder.name, img.relative_to(folder).as_posix()) for img in walk_images(folder)]
+        for img in walk_images(folder):
+            rel = img.relative_to(folder).as_posix()
+            src = where.file(folder, rel, f"--source {where.path}: {name}/{folder.name}")
+            items.append((src, name, folder.name, rel))
+    loose = [p for p in split.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
+    if loose:
+        log.warning("%s/: %d images lie directly in the split folder, not in a class folder; skipped (first: %s)",
+                    name, len(loose), sorted(loose)[0].name)
     return items
 
 
@@ -200,15 +297,15 @@ def _has_splits(*names: str):
 
 # -------------------------------------------------------------------------------------------- data sets
 
-def _plan_class_folders(root: Path, source: Path, splits: tuple[str, ...], optional: tuple[str, ...] = ()) -> _Plan:
-    top = _find(root, _has_splits(*splits), f"{'/, '.join(splits)}/ class folders", source)
-    plan = _Plan()
-    for split in splits + tuple(s for s in optional if (top / s).is_dir()):
-        plan.items += _class_folders(top / split, split)
+def _plan_class_folders(root: Path, where: _Source, splits: tuple[str, ...], optional: tuple[str, ...] = ()) -> _Plan:
+    top = _find(root, _has_splits(*splits), f"{'/, '.join(splits)}/ class folders", where.path)
+    plan = _Plan(splits=splits + tuple(s for s in optional if (top / s).is_dir()))
+    for split in plan.splits:
+        plan.items += _class_folders(top / split, split, where)
     return plan
 
 
-def plan_stanford_cars(root: Path, source: Path) -> _Plan:
+def plan_stanford_cars(root: Path, where: _Source) -> _Plan:
     """The Kaggle class-folder layout, or torchvision's StanfordCars layout (devkit .mat annotations)."""
     def devkit(folder: Path) -> bool:
         return (folder / "devkit").is_dir() or (folder / "cars_train").is_dir()
@@ -217,10 +314,10 @@ def plan_stanford_cars(root: Path, source: Path) -> _Plan:
         return _has_splits("train", "test")(folder)
 
     top = _find(root, lambda f: devkit(f) or class_folders(f), "Stanford Cars layout (train/ and test/ class "
-                "folders, or torchvision's devkit/, cars_train/, cars_test/)", source)
+                "folders, or torchvision's devkit/, cars_train/, cars_test/)", where.path)
     if class_folders(top) and not devkit(top):
-        return _plan_class_folders(top, source, ("train", "test"))
-    return _plan_torchvision_cars(top, source)
+        return _plan_class_folders(top, where, ("train", "test"))
+    return _plan_torchvision_cars(top, where)
 
 
 def _loadmat(path: Path, source: Path, top: Path):
@@ -235,11 +332,19 @@ def _loadmat(path: Path, source: Path, top: Path):
         raise FinerCamError(f"{path}: not a readable .mat annotation file ({_first_line(exc)})") from None
 
 
-def _plan_torchvision_cars(top: Path, source: Path) -> _Plan:
+def _plan_torchvision_cars(top: Path, where: _Source) -> _Plan:
     import numpy as np
 
+    source = where.path
     meta = _loadmat(top / "devkit" / "cars_meta.mat", source, top)
-    names = [str(n).replace("/", "-") for n in np.atleast_1d(meta["class_names"])]  # "Ram C/V" is "Ram C-V"
+    try:
+        names = [str(n).replace("/", "-") for n in np.atleast_1d(meta["class_names"])]  # "Ram C/V" is "Ram C-V"
+    except KeyError:
+        raise FinerCamError(f"{top / 'devkit' / 'cars_meta.mat'}: no class_names") from None
+    for name in names:
+        if safe_relative(name) is None:
+            raise FinerCamError(f"{top / 'devkit' / 'cars_meta.mat'}: class name {name!r} cannot be a folder name; "
+                                "nothing was written")
     plan = _Plan()
     boxes = []
     for split, mat, images in (("train", top / "devkit" / "cars_train_annos.mat", top / "cars_train"),
@@ -253,9 +358,12 @@ def _plan_torchvision_cars(top: Path, source: Path) -> _Plan:
             try:
                 cls, file = names[int(a["class"]) - 1], str(a["fname"])
                 box = [float(a[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")]
-            except (ValueError, IndexError, KeyError):
+            except (ValueError, IndexError, KeyError, TypeError):
                 raise FinerCamError(f"{mat}: an annotation without a valid class, fname and bbox") from None
-            plan.items.append((images / file, split, cls, file))
+            if int(a["class"]) < 1:
+                raise FinerCamError(f"{mat}: an annotation of class {int(a['class'])} (classes count from 1)")
+            src = where.file(images, file, f"{mat.name}: fname")
+            plan.items.append((src, split, cls, file))
             boxes.append([f"{cls}/{file}", *box])
     plan.csvs["boxes.csv"] = (["image", "x1", "y1", "x2", "y2"], boxes)
     return plan
@@ -277,8 +385,9 @@ def _read_table(path: Path, source: Path, columns: int, top: Path) -> list[list[
     return rows
 
 
-def plan_cub(root: Path, source: Path) -> _Plan:
+def plan_cub(root: Path, where: _Source) -> _Plan:
     """CUB-200-2011: class folders split by train_test_split.txt, boxes and visible part locations."""
+    source = where.path
     top = _find(root, lambda f: (f / "images.txt").is_file() or (f / "images").is_dir(),
                 "CUB_200_2011 folder (images.txt, images/)", source)
     images = dict(_read_table(top / "images.txt", source, 2, top))
@@ -291,8 +400,12 @@ def plan_cub(root: Path, source: Path) -> _Plan:
     for image_id, rel in images.items():
         if image_id not in split:
             raise FinerCamError(f"train_test_split.txt: image {image_id} ({rel}) has no split")
+        if "/" not in rel:
+            raise FinerCamError(f"images.txt: image {image_id}: {rel!r} is not CLASS/FILE (a path under images/); "
+                                "nothing was written")
+        src = where.file(top / "images", rel, f"images.txt: image {image_id}")
         cls, file = rel.split("/", 1)
-        plan.items.append((top / "images" / rel, "train" if split[image_id] == "1" else "test", cls, file))
+        plan.items.append((src, "train" if split[image_id] == "1" else "test", cls, file))
         key[image_id] = rel
     try:
         box_rows = [[key[i], float(x), float(y), float(x) + float(w), float(y) + float(h)] for i, x, y, w, h in boxes]
@@ -307,8 +420,8 @@ def plan_cub(root: Path, source: Path) -> _Plan:
     return plan
 
 
-def plan_birds525(root: Path, source: Path) -> _Plan:
-    return _plan_class_folders(root, source, ("train", "test"), optional=("valid",))
+def plan_birds525(root: Path, where: _Source) -> _Plan:
+    return _plan_class_folders(root, where, ("train", "test"), optional=("valid",))
 
 
 PLANNERS = {"stanford_cars": plan_stanford_cars, "cub": plan_cub, "birds525": plan_birds525}

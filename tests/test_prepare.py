@@ -16,6 +16,7 @@ import scipy.io
 from conftest import write_image
 
 import prepare_dataset
+from finer_cam.prepare import RECORD
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -24,7 +25,9 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def tree(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    """The files of a prepared folder, but for the record that says prepare_dataset.py wrote it."""
+    assert (folder / RECORD).is_file()
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != RECORD}
 
 
 def one_line_error(capsys) -> str:
