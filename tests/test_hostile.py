@@ -67,6 +67,7 @@ def test_a_training_state_that_would_run_code_is_refused(world, capsys):
             write_image(data / c / f"{j}.png", seed=j + (c == "b") * 10)
     out = world / "head_out"
     out.mkdir()
+    (out / ".finer_cam.lock").touch()  # a folder an earlier training wrote, its state swapped for a crafted one
     torch.save({"epoch": WouldRunCode()}, out / "train_state.pth")
     code = train_classifier.main(["--data_root", str(data), "--model_path", str(world / "backbone.pth"),
                                   "--output_dir", str(out), "--resume", "--num_workers", "0", "--image_size", "28"])
