@@ -94,7 +94,8 @@ def test_examples_come_only_from_the_runs_own_index(world, tmp_path, monkeypatch
     monkeypatch.setattr(Path, "rglob", no_walk)
     drawn = []
     real = finer_cam.visualize.label_panel
-    monkeypatch.setattr(finer_cam.visualize, "label_panel", lambda panel, lines: drawn.append(lines) or real(panel, lines))
+    monkeypatch.setattr(finer_cam.visualize, "label_panel",
+                        lambda panel, lines: drawn.append(lines) or real(panel, lines))
     assert visualize.main(["--cam_dir", str(cams), "--save_dir", str(tmp_path / "vis")]) == 0
     assert drawn[1][1] == "no example image found"  # the one image's reference class has no image in the run
 
