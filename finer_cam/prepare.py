@@ -67,15 +67,20 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where the images come from: an unpacked archive (moved out of it; its links must stay inside it) or
-    the user's own folder (linked or copied, never moved; its links are the user's and followed)."""
+    """Where the images come from: an unpacked archive (moved out of it) or the user's folder (linked or
+    copied, never moved). ``top`` is the folder they may come from: what the archive was unpacked into, or
+    the folder given as --source."""
 
     path: Path  # what --source named
+    top: Path
     move: bool
 
     def file(self, root: Path, relative: str, what: str) -> Path:
-        """``root / relative`` for a path an annotation names, confined to ``root`` (:func:`inside`)."""
-        return inside(root, relative, what, follow_links=not self.move)
+        """``root / relative`` for a path an annotation or a walk names: a relative path inside ``root``
+        (:func:`inside`) that no symbolic link leads out of the source (``top``)."""
+        path = inside(root, relative, what, follow_links=True)
+        inside(self.top, path.relative_to(self.top).as_posix(), what)
+        return path
 
 
 def run_prepare(name: str, source: str | Path, out: str | Path, overwrite: bool = False,
@@ -97,9 +102,10 @@ def run_prepare(name: str, source: str | Path, out: str | Path, overwrite: bool 
         raise FinerCamError(f"--out {out}: cannot write beside it ({exc.strerror or exc})") from None
     try:
         if source.is_dir():
-            root, where = source, _Source(source, move=False)
+            root, where = source, _Source(source, source, move=False)
         else:
-            root, where = _unpack(source, build / ".source"), _Source(source, move=True)
+            root = _unpack(source, build / ".source")
+            where = _Source(source, root, move=True)
         plan = PLANNERS[name](root, where)
         result = _carry_out(plan, build, where.move, progress, name, stop or StopRequest())
         shutil.rmtree(build / ".source", ignore_errors=True)
@@ -202,15 +208,17 @@ def _carry_out(plan: _Plan, build: Path, move: bool, progress: BarFactory | None
 
 def _place(src: Path, dst: Path, move: bool) -> None:
     """The same bytes at ``dst``: moved (out of the unpacked archive), else hard-linked, else copied. A link is
-    never moved (its target, already confined, is copied), so nothing outside the unpacked archive moves."""
+    never moved or reproduced: its target, already confined, is linked or copied, so nothing outside the
+    unpacked archive moves and the prepared folder holds no links."""
     try:
         if move and not src.is_symlink():
             os.replace(src, dst)
             return
+        target = src.resolve(strict=True)  # (os.link would link the link itself)
         try:
-            os.link(src, dst, follow_symlinks=True)
+            os.link(target, dst)
         except OSError:  # another file system, or links not supported
-            shutil.copy2(src, dst)
+            shutil.copy2(target, dst)
     except FileNotFoundError:
         raise FinerCamError(f"{src}: listed by the annotations but missing; nothing was written") from None
     except IsADirectoryError:

@@ -268,6 +268,23 @@ def test_overwrite_replaces_only_a_folder_prepared_here_and_never_the_source(tmp
     assert prepare_dataset.main(["stanford_cars", "--source", str(src), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_a_source_folder_may_link_inside_itself_but_not_out(tmp_path, capsys):
+    """An annexed data set (links to blobs inside the source) prepares; a link to a file outside the source (as
+    ``tar xf`` of a stranger's archive can leave) is refused and nothing of it is copied."""
+    src = kaggle_folder(tmp_path)
+    (src / ".blobs").mkdir()
+    (src / ".blobs" / "ab12").write_bytes(b"annexed")
+    (src / "train" / "A" / "2.jpg").symlink_to("../../.blobs/ab12")
+    out = tmp_path / "out"
+    assert prepare_dataset.main(["stanford_cars", "--source", str(src), "--out", str(out)]) == 0
+    assert (out / "train" / "A" / "2.jpg").read_bytes() == b"annexed" and not (out / "train" / "A" / "2.jpg").is_symlink()
+    (tmp_path / "id_rsa").write_text("secret")
+    (src / "train" / "B" / "3.jpg").symlink_to(tmp_path / "id_rsa")
+    capsys.readouterr()
+    assert prepare_dataset.main(["stanford_cars", "--source", str(src), "--out", str(tmp_path / "o2")]) == 2
+    assert "through a symbolic link" in one_error(capsys, "3.jpg") and not (tmp_path / "o2").exists()
+
+
 def test_prepared_folders_follow_the_umask(tmp_path):
     src = kaggle_folder(tmp_path)
     old = os.umask(0o022)
