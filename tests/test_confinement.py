@@ -476,10 +476,10 @@ def test_a_forked_child_does_not_hold_the_lock_of_a_killed_parent(tmp_path):
         from finer_cam.io import FolderLock
         lock = FolderLock({str(folder)!r}, "save_dir")
         pid = os.fork()
-        if pid == 0:  # the worker: lives on after its parent is killed
+        if pid == 0:  # the worker (running once fork returns in it): lives on after its parent is killed
+            os.write(1, b"%d\\n" % os.getpid())
             time.sleep(30)
             os._exit(0)
-        print(pid, flush=True)
         time.sleep(60)
     """)
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPOSITORY, stdout=subprocess.PIPE, text=True)
