@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from finer_cam.downloads import BarFactory, DownloadError, download, file_sha256, offline_requested
+from finer_cam.downloads import BarFactory, DownloadError, download, file_sha256, mirror_base, offline_requested
 from finer_cam.checkpoints import CheckpointError, is_torchscript, load_state_dict_file
 
 from .model import CLIP, ClipCheckpointError, build_model
@@ -37,7 +37,7 @@ def available_models() -> list[str]:
 
 def model_url(name: str) -> str:
     """OpenAI's URL of a released model (``FINER_CAM_CLIP_URL`` replaces the base)."""
-    base = (os.environ.get(CLIP_URL_ENV) or CLIP_URL).rstrip("/")
+    base = mirror_base(CLIP_URL_ENV, CLIP_URL)
     return f"{base}/{_MODELS[name]}"
 
 
