@@ -273,6 +273,11 @@ def _round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
 
 
+def patch_multiple(size: int, patch: int) -> int:
+    """The square side images of ``size`` are resized to: ``size`` rounded up to a multiple of ``patch``."""
+    return _round_up(size, patch)
+
+
 DECODERS = ("pil", "draft", "torchvision")
 
 
