@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
 
-from finer_cam.downloads import BarFactory, DownloadError, download, file_sha256, offline_requested
+from finer_cam.downloads import BarFactory, DownloadError, download, file_sha256, mirror_base, offline_requested
 from finer_cam.checkpoints import CheckpointError, is_torchscript, load_state_dict_file
 
 from .model import CLIP, ClipCheckpointError, build_model
+from .torchscript import read_torchscript_state_dict
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,7 +37,7 @@ def available_models() -> list[str]:
 
 def model_url(name: str) -> str:
     """OpenAI's URL of a released model (``FINER_CAM_CLIP_URL`` replaces the base)."""
-    base = (os.environ.get(CLIP_URL_ENV) or CLIP_URL).rstrip("/")
+    base = mirror_base(CLIP_URL_ENV, CLIP_URL)
     return f"{base}/{_MODELS[name]}"
 
 
@@ -67,8 +67,9 @@ def checkpoint(name: str, download_root: str | Path | None = None, offline: bool
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a CLIP checkpoint: a TorchScript archive (only its tensors are taken; none of its code
-    runs) or a plain state dict (``torch.load`` with ``weights_only=True``: :mod:`finer_cam.checkpoints`)."""
+    """The tensors of a CLIP checkpoint: a TorchScript archive (read as data by
+    :func:`clip.torchscript.read_torchscript_state_dict`: none of its code is compiled or run) or a plain state
+    dict (``torch.load`` with ``weights_only=True``: :mod:`finer_cam.checkpoints`)."""
     path = Path(path)
     if not path.is_file():
         raise ClipCheckpointError(f"{path}: no such file")
@@ -78,15 +79,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except CheckpointError as exc:
             raise ClipCheckpointError(str(exc)) from None
     else:
-        try:
-            with warnings.catch_warnings():  # torch.jit's deprecation notice is not the user's concern here
-                warnings.simplefilter("ignore", FutureWarning)
-                archive = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, OSError, ValueError) as exc:
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            raise ClipCheckpointError(f"{path}: unreadable TorchScript archive ({lines[0][:200]})") from None
-        state = {k: v.detach() for k, v in archive.state_dict().items()}
-        del archive
+        state = read_torchscript_state_dict(path)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

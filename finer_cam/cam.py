@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -193,8 +195,11 @@ class _HookedTarget:
         """The target layer's output (requiring a gradient when ``track``) and the logits ``[B, C]``; the
         layers before the target layer run without gradients."""
         seen: list[torch.Tensor] = []
+        caller = threading.get_ident()
 
         def hook(module: nn.Module, inputs, output):
+            if threading.get_ident() != caller:
+                return None  # a forward of the same model in another thread: not this explanation's
             if seen:
                 raise FinerCamError(f"the target layer {type(module).__name__} ran twice in one forward pass "
                                     "(a module used at several places): choose a layer that runs once")
@@ -224,12 +229,33 @@ class _HookedTarget:
                 raise FinerCamError(f"reshape_transform gave {tuple(out.shape)}, expected [N, D, h, w]")
             return out
         if act.ndim == 4:
-            return act
+            return _channels_first(act, size)
         if act.ndim == 3:
             prefix, grid = token_grid(act.shape[1], tuple(size), self.num_prefix_tokens)
             return tokens_to_grid(act, prefix, grid)
         raise FinerCamError(f"the target layer gives {act.ndim - 1}-d outputs {tuple(act.shape[1:])}: expected a "
                             "feature map [D, h, w] or tokens [T, D], or give reshape_transform")
+
+
+def _fits(grid: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Whether an ``h x w`` grid can be an ``H x W`` image's feature map: one integer stride ``s`` down both
+    sides, each side ``H / s`` rounded down or up (as strided convolutions and patch embeddings give)."""
+    (h, w), (height, width) = grid, size
+    if not (0 < h <= height and 0 < w <= width):
+        return False
+    candidates = {max(1, side // n + d) for side, n in ((height, h), (width, w)) for d in (-1, 0, 1)}
+    return any(h in (height // s, -(-height // s)) and w in (width // s, -(-width // s)) for s in candidates)
+
+
+def _channels_first(act: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A 4-d target layer output as ``[N, D, h, w]`` for an ``H x W`` input: as it is, or permuted from the
+    channels-last ``[N, h, w, D]`` (as ConvNeXt blocks and Swin stages give) when only that layout has the
+    image's shape; where both or neither do, it is taken as channels-first, PyTorch's convention."""
+    first = _fits((act.shape[2], act.shape[3]), size)
+    last = _fits((act.shape[1], act.shape[2]), size)
+    if last and not first:
+        return act.permute(0, 3, 1, 2)
+    return act
 
 
 def _as_modes(modes: Sequence[str | Mode]) -> list[Mode]:
@@ -249,6 +275,52 @@ def _linear_head(model: nn.Module) -> nn.Linear | None:
     return None
 
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the lock of its explanations
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    """One lock per model, shared by every engine on it: explanations of one model run one at a time (they
+    switch its mode and hook its layers), whichever thread and engine asks."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the ``with`` block (no batch statistics updated, no dropout), then every
+    submodule's own mode restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def check_labels(labels: torch.Tensor | Sequence[int], batch: int, num_classes: int) -> torch.Tensor:
+    """``labels`` as a tensor ``[batch]`` of class indices in ``[0, num_classes)``, or -1 where unknown; anything
+    else (another length, a float, a class the model does not have) is an :class:`ArgumentError`."""
+    try:
+        t = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ArgumentError("labels", problem=f"expected {batch} integer class indices ({exc})") from None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ArgumentError("labels", problem=f"expected integer class indices, got {t.dtype}")
+    if tuple(t.shape) != (batch,):
+        raise ArgumentError("labels", problem=f"expected {batch} labels, one per image of the batch (shape "
+                            f"[{batch}]), got shape {list(t.shape)}")
+    bad = (t < -1) | (t >= num_classes)
+    if bool(bad.any()):
+        raise ArgumentError("labels", problem=f"{int(t[bad][0])} is not a class of this model (it has "
+                            f"{num_classes}: 0 to {num_classes - 1}; -1 marks an unknown label)")
+    return t
+
+
 class FinerCAM:
     """Maps for every mode of a batch of images from one shared forward pass.
 
@@ -262,6 +334,9 @@ class FinerCAM:
     ``modes`` are ``NAME:ALPHA[:RANKS[:softmax]]`` strings (see :mod:`finer_cam.targets`) or :class:`Mode` objects.
     ``labels`` [B] hold class indices, or -1 where the label is unknown; with ``target="predicted"`` (or a
     -1 label) the target is the predicted class.
+
+    The model is explained in eval mode, each submodule's own mode being restored afterwards. Calls on one
+    model (from any thread, through any engine) run one at a time.
     """
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | None = None,
@@ -305,7 +380,7 @@ class FinerCAM:
         """Targets ``[B]`` and references ``[B, K]`` from the logits of the plain image."""
         predicted = logits.argmax(dim=1)
         if target == "label" and labels is not None:
-            labels = torch.as_tensor(labels, device=logits.device)
+            labels = check_labels(labels, logits.shape[0], logits.shape[1]).to(logits.device)
             targets = torch.where(labels >= 0, labels, predicted)
         elif target in TARGETS:
             targets = predicted
@@ -352,6 +427,10 @@ class FinerCAM:
         """Maps ``[B, S, M, h, w]`` for the target sets that ``choose_sets(logits)`` picks, the plain image's
         logits, and those sets. With ``aug_smooth`` the maps are averaged over flipped and rescaled views
         (ttach), the sets staying those of the plain image."""
+        with _model_lock(self.model), _eval_mode(self.model):
+            return self._explain_views(images, choose_sets, aug_smooth)
+
+    def _explain_views(self, images: torch.Tensor, choose_sets, aug_smooth: bool):
         maps, logits, sets = self._explain(images, choose_sets)
         if not aug_smooth:
             return maps, logits, sets

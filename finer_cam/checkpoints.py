@@ -39,6 +39,7 @@ def load_state_dict_file(path: str, map_location: str | torch.device = "cpu") ->
     if Path(path).is_file() and is_torchscript(path):
         raise CheckpointError(f"{path}: a TorchScript archive, not a state dict (only CLIP checkpoints are read "
                               "from TorchScript archives, by clip.read_state_dict)")
+    _check_looks_like_a_checkpoint(path)
     try:
         try:  # memory-mapped: the weights are read from the page cache as used, never copied (0.2 s less for ViT-B)
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
@@ -59,6 +60,24 @@ def load_state_dict_file(path: str, map_location: str | torch.device = "cpu") ->
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return state
+
+
+def _check_looks_like_a_checkpoint(path: str) -> None:
+    """Refuse, by its first bytes, a file that is neither a zip (``torch.save``) nor a pickle (the legacy
+    format): an HTML page (a mirror's login or error page saved under the file's name) or any other file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return  # torch.load says what is wrong with it
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x80")) or not head:
+        return
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in text:
+        raise CheckpointError(f"{path}: not a checkpoint: it looks like an HTML page (an error or login page "
+                              "saved under the file's name?)")
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head[:12]!r}, neither a zip nor a "
+                          "pickle)")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,3 +54,11 @@ def num_workers(value) -> None:
 def max_pixels(value) -> None:
     """``--max_pixels``, the decompression-bomb guard every script that decodes images takes."""
     at_least("max_pixels", value, 0, "a number of pixels, or 0 for no limit", optional=True)
+
+
+def patches_a_side(field: str, value, patch: int) -> None:
+    """An input size (``--image_size``, ``--max_size``) that leaves at least two patches of ``patch`` pixels a
+    side (one patch gives a constant map); checked once the backbone, and so its patch, is known."""
+    if value is not None and value < 2 * patch:
+        raise ArgumentError(field, value, f"leaves fewer than two patches a side (the backbone's patches are "
+                            f"{patch} px); expected at least {2 * patch}")

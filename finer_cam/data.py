@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import threading
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from .errors import ArgumentError
 from .io import OUTPUT_MARKER, is_special, read_text
@@ -26,11 +29,12 @@ NORMALIZATIONS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
 DEFAULT_CLASS_LIST = Path(__file__).with_name("resources") / "stanford_cars_classes.txt"
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
-# The pixel limit is ours (``max_pixels``, the CLIs' --max_pixels), checked on the header before decoding;
-# PIL's own fixed limit would refuse above 179 Mpx whatever the user asked for.
-Image.MAX_IMAGE_PIXELS = None
+# The pixel limit is ours (``max_pixels``, the CLIs' --max_pixels), checked on the header before decoding, by
+# open_image, the one function that opens image files. PIL's own process-wide limit (Image.MAX_IMAGE_PIXELS)
+# is left as the process has it, lifted only while open_image reads a header (ours replaces it there).
+# A truncated file is an error, not a grey half-image: PIL's default (ImageFile.LOAD_TRUNCATED_IMAGES False).
 MAX_PIXELS = 178_956_970  # the default: PIL's own refusal threshold (2 x 89,478,485)
+_PIL_LIMIT = threading.Lock()  # held while PIL's limit is lifted
 
 
 class ImageError(Exception):
@@ -185,6 +189,25 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
                          "(--max_pixels; refused as a possible decompression bomb)")
 
 
+@contextlib.contextmanager
+def open_image(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> Iterator[Image.Image]:
+    """The one way the project opens an image file (data set images, masks, examples): a PIL image, lazily
+    decoded, closed when the ``with`` block ends, whose header's size is within ``max_pixels`` (None or 0: no
+    limit). Raises :class:`ImageError` for a special file or an image above the limit, before anything is
+    decoded, and PIL's own errors (``OSError`` and its kin) for files it cannot identify."""
+    if is_special(path):
+        raise ImageError(SPECIAL)
+    with _PIL_LIMIT:  # PIL would refuse or warn by its own fixed limit at open: ours is checked instead
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    with img:
+        _check_pixels(img.size, max_pixels)
+        yield img
+
+
 def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS,
                reduce_for: Preprocess | None = None) -> Image.Image:
     """Decode any PIL image to RGB as displayed (EXIF rotation applied, first frame, alpha over white).
@@ -193,11 +216,8 @@ def load_image(path: str | Path, max_pixels: int | None = MAX_PIXELS,
     is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that still covers that preprocessing's input
     size (PIL's ``Image.draft``); ``info["original_size"]`` keeps the full displayed size. Raises ImageError.
     """
-    if is_special(path):
-        raise ImageError(SPECIAL)
     try:
-        with Image.open(path) as img:
-            _check_pixels(img.size, max_pixels)
+        with open_image(path, max_pixels) as img:
             img.seek(0)
             original, orientation = _header(img)
             if reduce_for is not None and img.format == "JPEG":
@@ -284,6 +304,11 @@ def _round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
 
 
+def patch_multiple(size: int, patch: int) -> int:
+    """The square side images of ``size`` are resized to: ``size`` rounded up to a multiple of ``patch``."""
+    return _round_up(size, patch)
+
+
 DECODERS = ("pil", "draft", "torchvision")
 
 
@@ -323,14 +348,13 @@ class ImageDataset(torch.utils.data.Dataset):
 def _raw_jpeg(path: Path, max_pixels: int | None) -> dict | None:
     """The bytes, displayed size and EXIF orientation of a baseline RGB or grey JPEG (None for anything else,
     which PIL decodes); the pixel limit is checked on the header."""
-    if is_special(path):
-        return None  # load_image names it
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None
-            _check_pixels(img.size, max_pixels)
             size, orientation = _header(img)
+    except ImageError:
+        raise
     except (OSError, ValueError, SyntaxError):
         return None  # PIL's path names the problem
     data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
@@ -374,12 +398,10 @@ def decode_raw(items: list[dict], preprocess: Preprocess, device: torch.device) 
 def displayed_size(path: str | Path) -> tuple[int, int] | None:
     """``(W, H)`` of an image as displayed (EXIF rotation applied), read from its header alone; None when
     the header cannot be read (the image will fail properly when loaded)."""
-    if is_special(path):
-        return None
     try:
-        with Image.open(path) as img:
+        with open_image(path, None) as img:
             return _header(img)[0]
-    except (OSError, ValueError, SyntaxError):
+    except (ImageError, OSError, ValueError, SyntaxError):
         return None
 
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from . import checks
 from .cam import normalize_maps, resize_maps
-from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
+from .data import MAX_PIXELS, ImageDataset, ImageError, Preprocess, make_loader, open_image
 from .device import resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
@@ -143,8 +143,9 @@ class GroundTruth:
 
     def __init__(self, masks: str | None, boxes: str | None, mask_format: str = "auto",
                  attributes: str | None = None, class_names: list[str] | None = None, parts: str | None = None,
-                 part_radius: float = 0.1) -> None:
+                 part_radius: float = 0.1, max_pixels: int | None = MAX_PIXELS) -> None:
         self.masks = Path(masks) if masks else None
+        self.max_pixels = max_pixels  # masks are images: the same decompression-bomb guard
         if self.masks is not None and not self.masks.is_dir():
             raise FinerCamError(f"--masks {masks}: no such folder")
         if mask_format not in MASK_FORMATS:
@@ -189,9 +190,11 @@ class GroundTruth:
             if not path.is_file():
                 return None
             try:
-                with Image.open(path) as img:
+                with open_image(path, self.max_pixels) as img:
                     values = np.asarray(img.convert("L"))
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            except ImageError as exc:
+                raise SkippedFile(path, f"mask: {exc}") from None
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 raise SkippedFile(path, f"unreadable mask ({exc})") from None
             if values.shape != (size[1], size[0]):
                 values = np.asarray(Image.fromarray(values).resize(size, Image.NEAREST))
@@ -436,7 +439,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     class_sim = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
     preprocess = _preprocess(run_info, model.patch_size)
     truth = GroundTruth(cfg.masks, cfg.boxes, cfg.mask_format, cfg.attributes, class_names, cfg.parts,
-                        cfg.part_radius)
+                        cfg.part_radius, cfg.max_pixels)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]
     chosen = chosen[:cfg.limit] if cfg.limit else chosen
     if not chosen:

@@ -16,8 +16,8 @@ from . import __version__, checks
 from .cam import METHODS, TARGETS, FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
-                   Preprocess, decode_raw, displayed_size, find_images, make_loader, read_class_names,
-                   shape_batches)
+                   Preprocess, decode_raw, displayed_size, find_images, make_loader, patch_multiple,
+                   read_class_names, shape_batches)
 from .device import PRECISIONS, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
@@ -202,9 +202,21 @@ def _normalization(cfg: GenerateConfig, sidecar: dict, kind) -> str:
     return cfg.normalize or sidecar.get("normalize") or kind.normalize
 
 
-def _input_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | None:
+def _input_size(cfg: GenerateConfig, sidecar: dict, native: int, patch: int) -> int | None:
     """The square side images are resized to (None with ``max_size``): the flag's, else the head's, else the
-    backbone's native one; a flag that contradicts the head is warned about."""
+    backbone's native one, rounded up to a multiple of ``patch`` (said when it changes); a flag that contradicts
+    the head is warned about, and one that leaves fewer than two patches a side is refused."""
+    checks.patches_a_side("image_size", cfg.image_size, patch)
+    checks.patches_a_side("max_size", cfg.max_size, patch)
+    size = _requested_size(cfg, sidecar, native)
+    if size is not None and patch_multiple(size, patch) != size:
+        log.warning("images are resized to %d px, %d rounded up to a multiple of the %d px patch (run.json "
+                    "records %d)", patch_multiple(size, patch), size, patch, patch_multiple(size, patch))
+        size = patch_multiple(size, patch)
+    return size
+
+
+def _requested_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | None:
     trained = sidecar.get("image_size")
     if cfg.image_size and trained and cfg.image_size != trained:
         log.warning("the head was trained at %s px but --image_size %s was asked for", trained, cfg.image_size)
@@ -235,8 +247,8 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     kind = backbone_kind(model.backbone)
     normalize = _normalization(cfg, loaded.sidecar, kind)
     mean, std = NORMALIZATIONS[normalize]
-    preprocess = Preprocess(mean, std, image_size=_input_size(cfg, loaded.sidecar, kind.native_size(model.backbone)),
-                            max_size=cfg.max_size, patch=model.patch_size)
+    size = _input_size(cfg, loaded.sidecar, kind.native_size(model.backbone), model.patch_size)
+    preprocess = Preprocess(mean, std, image_size=size, max_size=cfg.max_size, patch=model.patch_size)
     if cfg.compile:
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .data import open_image
 from .errors import FinerCamError
 from .io import atomic_write_bytes, write_json
 
@@ -290,7 +291,7 @@ def write_dataset(root: str | Path, cfg: ToyConfig = ToyConfig(), workers: int =
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A toy mask file as its label map ``uint8 [H, W]`` (values of :data:`REGIONS`, 0 the background)."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return np.asarray(img.convert("L"))
 
 
@@ -307,7 +308,7 @@ def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, li
                             "writes them") from None
     images, masks = [], []
     for row in rows:
-        with Image.open(Path(root) / split / row["image"]) as img:
+        with open_image(Path(root) / split / row["image"]) as img:
             images.append(np.asarray(img.convert("RGB")))
         masks.append(read_mask(Path(root) / "masks" / split / row["image"]))
     return np.stack(images), np.stack(masks), rows

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__, checks
-from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader,
+from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, patch_multiple,
                    walk_images)
 from .device import PRECISIONS, autocast, resolve_device
 from .errors import FinerCamError
@@ -374,8 +374,13 @@ def _load_model(cfg: TrainConfig, num_classes: int, device: torch.device, progre
     model = freeze_and_pack(make_classifier(backbone, nn.Linear(feature_dim(backbone), num_classes), cfg.clip_pool),
                             device)
     kind = backbone_kind(backbone)
-    cfg = replace(cfg, image_size=cfg.image_size or kind.native_size(backbone),
-                  normalize=cfg.normalize or kind.normalize)
+    checks.patches_a_side("image_size", cfg.image_size, model.patch_size)
+    size = cfg.image_size or kind.native_size(backbone)
+    if patch_multiple(size, model.patch_size) != size:
+        log.warning("images are resized to %d px, %d rounded up to a multiple of the %d px patch (the head's "
+                    "sidecar records %d)", patch_multiple(size, model.patch_size), size, model.patch_size,
+                    patch_multiple(size, model.patch_size))
+    cfg = replace(cfg, image_size=patch_multiple(size, model.patch_size), normalize=cfg.normalize or kind.normalize)
     mean, std = NORMALIZATIONS[cfg.normalize]
     preprocess = Preprocess(mean, std, image_size=cfg.image_size, patch=model.patch_size)
     return _Model(cfg, model, preprocess, _backbone_info(cfg, model))

@@ -385,7 +385,7 @@ def test_one_patch_grid_maps_are_zero_end_to_end(world):
     assert generate_cam.main(["--dataset_path", str(world / "data"), "--save_dir", str(world / "out"),
                               "--model_path", str(world / "backbone.pth"), "--classifier_path", str(world / "head.pth"),
                               "--class_names", str(world / "classes.txt"), "--num_workers", "0",
-                              "--max_size", "14"]) == 0
+                              "--max_size", "28"]) == 0  # a 1x1 image is never enlarged: one 14 px patch
     maps = np.load(world / "out" / "red" / "dot.npy")
     assert maps.shape == (3, 14, 14) and (maps == 0).all()
 

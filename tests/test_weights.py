@@ -4,6 +4,7 @@ way a download can fail (one line, no partial file, a rerun starts cleanly)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import http.server
 import json
@@ -88,6 +89,8 @@ def env(tmp_path, monkeypatch):
     model = save_tiny_classifier(tmp_path, num_classes=4)
     (tmp_path / "class_names.txt").write_text("a\nb\nc\nd\n")
     server.files["/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth"] = (tmp_path / "backbone.pth").read_bytes()
+    for name in ("dinov2_vitb14", "dinov2_vits14_reg4"):  # what the tiny backbone is served as
+        monkeypatch.setitem(hub.NAMED_CONFIGS, name, model.backbone.config)
     archive = tmp_path / "clip_archive.pt"
     torchscript_archive(tiny_clip().state_dict(), archive)
     data = archive.read_bytes()
@@ -309,6 +312,8 @@ def test_an_interrupted_download_leaves_nothing_and_a_killed_ones_leftover_is_cl
     os.utime(killed, (1, 1))
     live = cache(tmp_path) / ".dinov2_vitb14_pretrain.pth.z3w4.part"  # another process's, still being written
     live.write_bytes(b"growing")
-    path = weights.resolve_weights("dinov2_vitb14")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the live download holds it
+        path = weights.resolve_weights("dinov2_vitb14")
     left = sorted(p.name for p in cache(tmp_path).iterdir())
     assert left == sorted([path.name, path.name + ".sha256.json", live.name])
