@@ -276,7 +276,7 @@ def part_discs(points: list[tuple[float, float]], size: tuple[int, int], radius:
     return region
 
 
-def _read_csv(path: Path, flag: str) -> list[dict]:
+def read_csv_rows(path: Path, flag: str) -> list[dict]:
     """A user's CSV file (UTF-8, with or without a byte-order mark) as rows keyed by its header."""
     text = read_text(path, f"{flag} {path}")
     try:
@@ -288,7 +288,7 @@ def _read_csv(path: Path, flag: str) -> list[dict]:
 def read_named_parts(path: Path, flag: str = "--parts") -> dict[str, list[tuple[str, float, float]]]:
     """The part locations CSV ``image,part,x,y`` (prepare_dataset.py cub): image path -> its visible parts as
     ``(name, x, y)`` in pixels of the original image."""
-    rows = _read_csv(path, flag)
+    rows = read_csv_rows(path, flag)
     parts: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:
@@ -307,7 +307,7 @@ def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
 def _read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
     """The boxes CSV (UTF-8, with or without a byte-order mark): image path (relative, as in index.jsonl)
     -> its boxes."""
-    rows = _read_csv(path, "--boxes")
+    rows = read_csv_rows(path, "--boxes")
     boxes: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:

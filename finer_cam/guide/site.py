@@ -169,18 +169,18 @@ def part_chart(path: Path, titles: list[str], stats: list[list[PartStat]], mode:
         ax.tick_params(axis="x", labelsize=7)
         n = ranked[0].n if ranked else 0
         ax.set_title(f"{title} (n={n})", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     _save_figure(fig, path)
 
 
 def exemplar_panel(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str, str]],
-                   lut: np.ndarray) -> None:
+                   lut: np.ndarray, mode: str) -> None:
     """Rows of (image of A, its contrastive map, an image of B): ``rows`` are ``(image, heat, other, title
     of A, title of B)``."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.6, 2.1 * len(rows)), dpi=150, layout="constrained")
+    fig = Figure(figsize=(6.0, 2.0 * len(rows)), dpi=100, layout="constrained")
     axes = fig.subplots(len(rows), 3, squeeze=False)
     cmap = ListedColormap(lut.astype(np.float64) / 255.0)
     for r, (image, heat, other, title_a, title_b) in enumerate(rows):
@@ -188,7 +188,7 @@ def exemplar_panel(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarr
         axes[r, 0].set_title(title_a, fontsize=7)
         axes[r, 1].imshow(image)
         axes[r, 1].imshow(heat, cmap=cmap, vmin=0, vmax=1, alpha=0.5)
-        axes[r, 1].set_title("what tells it apart", fontsize=7)
+        axes[r, 1].set_title(f"{mode} map", fontsize=7)
         if other is not None:
             axes[r, 2].imshow(other)
         axes[r, 2].set_title(title_b, fontsize=7)
@@ -236,7 +236,7 @@ def render(out: Path, cfg, run_info: dict, samples: list[Sample], pairs: list[Pa
     kind_list = list(kinds)
     main_kind = kind_list[0]
     pages: dict[str, list[str]] = {}  # pair key -> thumbnails for the index
-    with open_bar(progress, "pages", len(paged)) as bar:
+    with open_bar(progress, "pair pages", len(paged), "page") as bar:
         for p in paged:
             pages[p.key] = _pair(out, p, dirs, samples, by_class, names, modes, kind_list, part_links, pics, rank_by)
             bar.update(1)
@@ -294,9 +294,9 @@ def _pair(out: Path, p: Pair, dirs, samples, by_class, names, modes: Modes, kind
             rgb = pics.image(samples[i])
             heat = pics.heat(samples[i], modes.contrastive, (rgb.shape[1], rgb.shape[0]))
             other_rgb = pics.image(other) if other is not None else None
-            if len(panel_rows) < 6 and heat is not None:
-                panel_rows.append((rgb, heat, other_rgb, f"{names[t]}: {samples[i].image}",
-                                   f"{names[r]}: {other.image}" if other is not None else names[r]))
+            if n < 2 and heat is not None:  # two of each direction in the figure
+                panel_rows.append((rgb, heat, other_rgb, f"{names[t]}\n{Path(samples[i].image).name}",
+                                   f"{names[r]}\n{Path(other.image).name}" if other is not None else names[r]))
         if cells:
             body.append(f"<h3>Exemplars</h3><p class=\"muted\">the images of {html.escape(names[t])} where the "
                         f"difference is most concentrated (the top {kind} part): the image, its map, an image of "
@@ -309,7 +309,7 @@ def _pair(out: Path, p: Pair, dirs, samples, by_class, names, modes: Modes, kind
             figs.append((name, f"{kind} parts: share of the {modes.contrastive_name} and of the plain map, 95% intervals"))
     if panel_rows:
         name = f"figures/pair-{p.a}-{p.b}-exemplars.png"
-        exemplar_panel(out / name, panel_rows, pics.lut)
+        exemplar_panel(out / name, panel_rows, pics.lut, modes.contrastive_name)
         figs.append((name, "exemplars: the image, its map, an image of the other class"))
     body.append("<h2>Figures</h2>" + "".join(f'<figure><img src="{src}" alt="{html.escape(cap)}" '
                                             f'style="max-width:100%"><figcaption>{html.escape(cap)}</figcaption>'
