@@ -212,6 +212,7 @@ def run_guide(cfg: GuideConfig, progress: BarFactory | None = None, stop: StopRe
     dirs = directions(samples, pairs)
     annotated = AnnotatedParts(cfg.masks, cfg.parts, cfg.part_radius) if (cfg.masks or cfg.parts) else None
     save_dir = Path(cfg.save_dir)
+    created = not save_dir.exists()
     lock = FolderLock(save_dir, "save_dir")  # one build at a time; the folder itself is replaced at the end
     try:
         built = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.building-", dir=save_dir.parent))
@@ -220,6 +221,9 @@ def run_guide(cfg: GuideConfig, progress: BarFactory | None = None, stop: StopRe
             _move_into_place(built, save_dir)
         except BaseException:
             shutil.rmtree(built, ignore_errors=True)
+            if created:  # leave nothing behind where there was nothing
+                lock.path.unlink(missing_ok=True)
+                save_dir.rmdir()
             raise
     finally:
         lock.release()

@@ -24,7 +24,7 @@ STYLE = """body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:1.5em 
 a{color:#0a58ca;text-decoration:none}a:hover{text-decoration:underline}
 table{border-collapse:collapse;margin:.6em 0}td,th{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;
 vertical-align:middle}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
-img{vertical-align:middle}.thumbs img{margin:2px}.muted{color:#777}.top{font-weight:bold}
+img{vertical-align:middle}.thumbs img{margin:2px}.muted{color:#777}.nowrap{white-space:nowrap}.top{font-weight:bold}
 nav{margin-bottom:1em;font-size:90%}figure{margin:.6em 0}figcaption{font-size:85%;color:#555}"""
 
 
@@ -382,11 +382,11 @@ def _index(out: Path, cfg, names, pairs, paged, dirs, modes: Modes, kind: str, p
             tops.append(f"{html.escape(names[t])} → {html.escape(names[r])}: <b>{html.escape(top.part)}</b> "
                         f"{_pct(top.share)} (plain {_pct(top.plain)})" if top else
                         f"{html.escape(names[t])} → {html.escape(names[r])}: —")
-        thumbs = "".join(f'<img src="{src}" alt="exemplar">' for src in pages.get(p.key, []))
+        thumbs = "".join(f'<img src="{src}" alt="exemplar" height="72">' for src in pages.get(p.key, []))
         rows.append(f'<tr><td class="n">{rank}</td><td><a href="{pair_page(p)}">{html.escape(names[p.a])} vs '
                     f'{html.escape(names[p.b])}</a></td><td class="n">{sum(p.confusions)}</td>'
                     f'<td class="n">{sum(p.references)}</td><td>{"<br>".join(tops)}</td>'
-                    f'<td class="thumbs">{thumbs}</td></tr>')
+                    f'<td class="thumbs nowrap">{thumbs}</td></tr>')
     body = [f"<p>{len(pairs)} pairs of look-alike classes in <code>{html.escape(str(cfg.cam_dir))}</code> "
             f"({result.images} images, {len(names)} classes); the {len(paged)} most confused have a page, every pair "
             f"is in <a href=\"guide.json\">guide.json</a>. Where the difference lies: the "
