@@ -62,7 +62,7 @@ def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, 
           "--masks", str(data / "masks" / "test"), "--attributes", str(data / "class_attributes.json"),
           "--steps", str(steps), *common], log)
     _run(["field_guide.py", "--cam_dir", str(paths["cams"]), "--save_dir", str(paths["guide"]),
-          "--masks", str(data / "masks" / "test"), *common], log)
+          "--masks", str(data / "masks" / "test"), "--discover", *common], log)
     premise = json.loads(paths["premise"].read_text(encoding="utf-8"))
     log("\npremise checks (" + str(paths["premise"]) + "): " +
         ", ".join(f"{k} {premise[k]:.3f}" for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction")))

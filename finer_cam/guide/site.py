@@ -151,7 +151,7 @@ def part_chart(path: Path, titles: list[str], stats: list[list[PartStat]], mode:
     part (ranked, best at the top), with their 95% intervals."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(stats), 0.5 + 0.38 * min(top, max(len(s) for s in stats)) + 0.6), dpi=150,
+    fig = Figure(figsize=(4.2 * len(stats), 0.5 + 0.38 * min(top, max(len(s) for s in stats)) + 0.6), dpi=120,
                  layout="constrained")
     axes = fig.subplots(1, len(stats), squeeze=False)[0]
     for ax, title, ranked in zip(axes, titles, stats):
@@ -180,7 +180,9 @@ def exemplar_panel(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarr
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.0, 2.0 * len(rows)), dpi=100, layout="constrained")
+    fig = Figure(figsize=(6.0, 2.0 * len(rows)), dpi=100)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.32 / len(rows), wspace=0.04,
+                        hspace=0.32)  # a fixed layout: constrained layout costs a second drawing
     axes = fig.subplots(len(rows), 3, squeeze=False)
     cmap = ListedColormap(lut.astype(np.float64) / 255.0)
     for r, (image, heat, other, title_a, title_b) in enumerate(rows):
