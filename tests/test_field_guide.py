@@ -369,3 +369,46 @@ def test_score_guide_counts_hits_and_chance_by_hand(tmp_path):
     plain = score_guide(guide, attributes, swaps, "plain")
     # by the plain share: A->B right (0.5), B->A right (0.6): neither differs; B->A's decisive part is right
     assert plain.true_part["annotated"].hits == 0 and plain.decisive["annotated"].hits == 1
+
+
+def _bench(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_truth_bench_scores_each_guide_by_hand(world, tmp_path, capsys):
+    """bench/guide_truth.py on the hand-made world: the two gulls differ on the left, the tern from the
+    western gull on the right; the contrastive maps lie on the left, the plain ones on the right."""
+    attributes = tmp_path / "attributes.json"
+    attributes.write_text(json.dumps({"classes": {"Gull Western": {"left": "a", "right": "x"},
+                                                  "Gull California": {"left": "b", "right": "x"},
+                                                  "Tern": {"left": "a", "right": "y"}}}))
+    swaps = _swaps(tmp_path, HEADER + "Gull Western/0.png,Gull Western,Gull California,left,2,0.2,\n"
+                                      "Gull Western/0.png,Gull Western,Gull California,right,2,1.8,\n")
+    assert _bench("guide_truth").main(["--runs", str(world / "cams"), "--masks", str(world / "masks"),
+                                       "--attributes", str(attributes), "--swaps", str(swaps), "--parts_k", "2"]) == 0
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): [c.strip() for c in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines()[2:]}
+    plain = rows["gradcam", "baseline (plain)", "annotated"]
+    contrastive = rows["gradcam", "compare", "annotated"]
+    # directions with images: western -> californian, californian -> western, tern -> western
+    assert plain[3:7] == ["0.33 (1/3)", "0.33", "0.00 (0/1)", "0.33"]
+    assert contrastive[3:7] == ["0.67 (2/3)", "0.33", "1.00 (1/1)", "0.33"]
+    assert ("gradcam", "compare", "discovered") in rows
+
+
+@pytest.mark.slow
+def test_the_scale_bench_runs_at_a_tiny_size():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "bench/bench_guide.py", "--images", "24", "--classes", "6", "--side", "32",
+                           "--pairs", "1"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "24 images measured" in done.stdout and "peak memory" in done.stdout
