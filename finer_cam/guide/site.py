@@ -159,8 +159,10 @@ def part_chart(path: Path, titles: list[str], stats: list[list[PartStat]], mode:
         y = np.arange(len(ranked))[::-1]
         share = np.array([s.share for s in ranked])
         plain_share = np.array([s.plain for s in ranked])
-        err = np.nan_to_num(np.array([s.share_ci for s in ranked]))
-        plain_err = np.nan_to_num(np.array([s.plain_ci for s in ranked]))
+        err = np.array([s.share_ci for s in ranked], dtype=np.float64)
+        plain_err = np.array([s.plain_ci for s in ranked], dtype=np.float64)
+        err = np.nan_to_num(err) if np.isfinite(err).any() else None  # one image: no interval to draw
+        plain_err = np.nan_to_num(plain_err) if np.isfinite(plain_err).any() else None
         ax.barh(y + 0.2, share, 0.4, xerr=err, capsize=2, color="#d6452c", label=mode)
         ax.barh(y - 0.2, plain_share, 0.4, xerr=plain_err, capsize=2, color="#9aa5b1", label=f"{plain} (plain)")
         ax.set_yticks(y, [s.part for s in ranked], fontsize=8)
