@@ -191,8 +191,6 @@ def _rank(dirs: dict[tuple[int, int], Direction], shares: Shares, rank_by: str, 
 
 def run_guide(cfg: GuideConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> GuideResult:
     """Build the field guide of ``cfg.cam_dir`` into ``cfg.save_dir``."""
-    from .site import render
-
     stop = stop or StopRequest()
     check_guide_folder(cfg.save_dir)
     run_info, entries = read_run(cfg.cam_dir)

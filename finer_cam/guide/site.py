@@ -67,6 +67,7 @@ class Pictures:
         self.height, self.max_pixels = height, max_pixels
         self.lut = colormap_lut("jet")
         self._images: dict[str, np.ndarray | None] = {}
+        self.part_labels: dict[str, str] = {}  # a discovered part -> its name with the region it mostly lies in
         (out / "img").mkdir(parents=True, exist_ok=True)
         (out / "figures").mkdir(parents=True, exist_ok=True)
 
@@ -146,9 +147,9 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def part_chart(path: Path, titles: list[str], stats: list[list[PartStat]], mode: str, plain: str,
-               top: int = 8) -> None:
+               top: int = 8, labels: dict[str, str] | None = None) -> None:
     """One panel per direction: horizontal bars of the share of the contrastive and of the plain map in each
-    part (ranked, best at the top), with their 95% intervals."""
+    part (ranked, best at the top), with their 95% intervals; ``labels`` renames parts on the axis."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.2 * len(stats), 0.5 + 0.38 * min(top, max(len(s) for s in stats)) + 0.6), dpi=120,
@@ -165,7 +166,7 @@ def part_chart(path: Path, titles: list[str], stats: list[list[PartStat]], mode:
         plain_err = np.nan_to_num(plain_err) if np.isfinite(plain_err).any() else None
         ax.barh(y + 0.2, share, 0.4, xerr=err, capsize=2, color="#d6452c", label=mode)
         ax.barh(y - 0.2, plain_share, 0.4, xerr=plain_err, capsize=2, color="#9aa5b1", label=f"{plain} (plain)")
-        ax.set_yticks(y, [s.part for s in ranked], fontsize=8)
+        ax.set_yticks(y, [(labels or {}).get(s.part, s.part) for s in ranked], fontsize=8)
         ax.set_xlabel("share of the map in the part", fontsize=8)
         ax.set_xlim(0, 1)
         ax.tick_params(axis="x", labelsize=7)
@@ -237,6 +238,11 @@ def render(out: Path, cfg, run_info: dict, samples: list[Sample], pairs: list[Pa
     for i, s in enumerate(samples):
         by_class.setdefault(s.target, []).append(i)
     part_links = {n: k for k, n in enumerate(discovered.names)} if discovered is not None else None
+    if discovered is not None and discovered.regions:
+        for n, where in zip(discovered.names, discovered.regions):
+            if where:
+                region = max(sorted(where), key=lambda r: where[r])
+                pics.part_labels[n] = f"{n} ({region} {100 * where[region]:.0f}%)"
     kind_list = list(kinds)
     main_kind = kind_list[0]
     pages: dict[str, list[str]] = {}  # pair key -> thumbnails for the index
@@ -309,7 +315,8 @@ def _pair(out: Path, p: Pair, dirs, samples, by_class, names, modes: Modes, kind
     for kind in kinds:
         if any(any(s.n > 0 for s in st) for st in chart_stats[kind]):
             name = f"figures/pair-{p.a}-{p.b}-{kind}-parts.png"
-            part_chart(out / name, titles, chart_stats[kind], modes.contrastive_name, modes.plain_name)
+            part_chart(out / name, titles, chart_stats[kind], modes.contrastive_name, modes.plain_name,
+                       labels=pics.part_labels if kind == "discovered" else None)
             figs.append((name, f"{kind} parts: share of the {modes.contrastive_name} and of the plain map, 95% intervals"))
     if panel_rows:
         name = f"figures/pair-{p.a}-{p.b}-exemplars.png"
