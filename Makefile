@@ -11,6 +11,9 @@ test-deps: install
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	test -f $(ORACLE_DIR)/dinov2/models/vision_transformer.py || \
 		$(PYTHON) -m pip install -q --no-deps --target $(ORACLE_DIR) dinov2==0.0.1.dev2
+	@# headless Chromium for the field guide's browser test (Debian packages), skipped when already there
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 test: test-deps
 	$(PYTHON) -m pytest -q tests

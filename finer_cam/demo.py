@@ -5,7 +5,8 @@ backbone, 3. the premise checks (``python -m finer_cam.toy premise``: locality p
 look-alike siblings) into ``premise.json``, 4. ``generate_cam.py`` on the test split, 5. ``visualize.py`` on
 a sample with a grid figure, 6. ``evaluate.py`` with the ground-truth part masks and the classes'
 attributes (energy and pointing in the parts, on the car, and in the parts where the target differs from
-the mode's references). Everything lands in ``outputs/demo/``. Each step runs as its own process, exactly
+the mode's references), 7. ``field_guide.py``: the field guide of the toy world's look-alikes (its
+``index.html`` opens in a browser). Everything lands in ``outputs/demo/``. Each step runs as its own process, exactly
 the command it prints.
 """
 
@@ -42,7 +43,7 @@ def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, 
     log(f"toy data in {data} ...")
     write_dataset(data, toy, workers=workers)
     paths = {"classifier": out / "classifier", "cams": out / "cams", "overlays": out / "overlays",
-             "grid": out / "grid.png", "eval": out / "eval", "premise": out / "premise.json"}
+             "grid": out / "grid.png", "eval": out / "eval", "premise": out / "premise.json", "guide": out / "guide"}
     common = ["--num_workers", str(workers)]
     _run(["train_classifier.py", "--data_root", str(data), "--model_path", str(weights), "--arch", "vit_toy",
           "--output_dir", str(paths["classifier"]), "--image_size", str(toy.image_size), "--overwrite", *common], log)
@@ -60,6 +61,8 @@ def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, 
     _run(["evaluate.py", "--cam_dir", str(paths["cams"]), "--out", str(paths["eval"]),
           "--masks", str(data / "masks" / "test"), "--attributes", str(data / "class_attributes.json"),
           "--steps", str(steps), *common], log)
+    _run(["field_guide.py", "--cam_dir", str(paths["cams"]), "--save_dir", str(paths["guide"]),
+          "--masks", str(data / "masks" / "test"), "--discover", *common], log)
     premise = json.loads(paths["premise"].read_text(encoding="utf-8"))
     log("\npremise checks (" + str(paths["premise"]) + "): " +
         ", ".join(f"{k} {premise[k]:.3f}" for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction")))
@@ -68,7 +71,8 @@ def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, 
                        ("cams", "one .npy of maps per test image, run.json, index.jsonl"),
                        ("overlays", "one labelled strip per class"), ("grid", "images x modes in one figure"),
                        ("premise", "the premise checks"),
-                       ("eval", "summary.md/.csv/.json, per_image.csv, curves.png, rd_bars.png")):
+                       ("eval", "summary.md/.csv/.json, per_image.csv, curves.png, rd_bars.png"),
+                       ("guide", "the field guide of look-alikes: open index.html in a browser")):
         log(f"  {paths[name]}  {what}")
     return paths
 

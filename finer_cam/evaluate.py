@@ -280,7 +280,7 @@ def part_discs(points: list[tuple[float, float]], size: tuple[int, int], radius:
     return region
 
 
-def _read_csv(path: Path, flag: str) -> list[dict]:
+def read_csv_rows(path: Path, flag: str) -> list[dict]:
     """A user's CSV file (UTF-8, with or without a byte-order mark) as rows keyed by its header."""
     text = read_text(path, f"{flag} {path}")
     try:
@@ -289,22 +289,29 @@ def _read_csv(path: Path, flag: str) -> list[dict]:
         raise FinerCamError(f"{flag} {path}: not a CSV file ({exc})") from None
 
 
-def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """The part locations CSV ``image,part,x,y``: image path -> its visible parts' points."""
-    rows = _read_csv(path, "--parts")
+def read_named_parts(path: Path, flag: str = "--parts") -> dict[str, list[tuple[str, float, float]]]:
+    """The part locations CSV ``image,part,x,y`` (prepare_dataset.py cub): image path -> its visible parts as
+    ``(name, x, y)`` in pixels of the original image."""
+    rows = read_csv_rows(path, flag)
     parts: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:
-            parts.setdefault(row["image"], []).append((float(row["x"]), float(row["y"])))
+            point = (str(row["part"]), float(row["x"]), float(row["y"]))
+            parts.setdefault(row["image"], []).append(point)
         except (KeyError, TypeError, ValueError):
-            raise FinerCamError(f"--parts {path}: line {i}: expected columns image,part,x,y with numbers") from None
+            raise FinerCamError(f"{flag} {path}: line {i}: expected columns image,part,x,y with numbers") from None
     return parts
+
+
+def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """The part locations CSV ``image,part,x,y``: image path -> its visible parts' points."""
+    return {image: [(x, y) for _, x, y in points] for image, points in read_named_parts(path).items()}
 
 
 def _read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
     """The boxes CSV (UTF-8, with or without a byte-order mark): image path (relative, as in index.jsonl)
     -> its boxes."""
-    rows = _read_csv(path, "--boxes")
+    rows = read_csv_rows(path, "--boxes")
     boxes: dict[str, list] = {}
     for i, row in enumerate(rows, start=2):
         try:
@@ -390,21 +397,29 @@ def evaluate_group(model, x: torch.Tensor, maps: torch.Tensor, targets: torch.Te
 # ------------------------------------------------------------------------------------------------ the run
 
 def _load_model(cfg: EvaluateConfig, run_info: dict, device):
+    return load_run_model(run_info, cfg.cam_dir, device, cfg.model_path, cfg.classifier_path, cfg.arch)
+
+
+def load_run_model(run_info: dict, cam_dir: str | Path, device, model_path: str | None = None,
+                   classifier_path: str | None = None, arch: str | None = None):
+    """The classifier of a run as its run.json records it (backbone and head files, architecture, kind and
+    pool), each file replaceable by the flag of the same name when it moved."""
     backbone = run_info.get("backbone") or {}
     head = run_info.get("head") or {}
-    model_path = cfg.model_path or backbone.get("path")
-    head_path = cfg.classifier_path or head.get("path")
+    model_path = model_path or backbone.get("path")
+    head_path = classifier_path or head.get("path")
     if not model_path or not head_path:
-        raise FinerCamError(f"--cam_dir {cfg.cam_dir}: run.json names no backbone or head; pass --model_path "
+        raise FinerCamError(f"--cam_dir {cam_dir}: run.json names no backbone or head; pass --model_path "
                             "and --classifier_path")
     for flag, path in (("--model_path", model_path), ("--classifier_path", head_path)):
         if not Path(path).is_file():
             raise FinerCamError(f"{flag} {path}: no such file (recorded in run.json; pass {flag} if it moved)")
-    return load_classifier(model_path, head_path, cfg.arch or backbone.get("arch", "auto"), device,
+    return load_classifier(model_path, head_path, arch or backbone.get("arch", "auto"), device,
                            backbone.get("kind", "dinov2"), backbone.get("pool", "cls"))
 
 
-def _preprocess(run_info: dict, patch: int) -> Preprocess:
+def run_preprocess(run_info: dict, patch: int) -> Preprocess:
+    """The preprocessing run.json records (input size, normalisation) for a backbone of patch ``patch``."""
     pre = run_info.get("preprocessing") or {}
     try:
         return Preprocess(tuple(pre["mean"]), tuple(pre["std"]), image_size=pre.get("image_size"),
@@ -437,7 +452,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
                             f"{len(class_names)}")
     similarity = run_info.get("similarity", "logit-distance")
     class_sim = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
-    preprocess = _preprocess(run_info, model.patch_size)
+    preprocess = run_preprocess(run_info, model.patch_size)
     truth = GroundTruth(cfg.masks, cfg.boxes, cfg.mask_format, cfg.attributes, class_names, cfg.parts,
                         cfg.part_radius, cfg.max_pixels)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]

@@ -194,3 +194,5 @@ def test_demo_runs_end_to_end_on_a_reduced_size(tmp_path):
     assert any(line.startswith("$ python generate_cam.py") for line in lines)
     assert any(line.startswith("$ python -m finer_cam.toy premise") for line in lines)
     assert any("premise checks" in line for line in lines)
+    assert (paths["guide"] / "index.html").is_file() and (paths["guide"] / "guide.json").is_file()
+    assert any(str(paths["guide"]) in line and "index.html" in line for line in lines)
