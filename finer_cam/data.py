@@ -276,6 +276,14 @@ def _round_up(x: int, m: int) -> int:
 DECODERS = ("pil", "draft", "torchvision")
 
 
+def default_decode(device: torch.device) -> str:
+    """``decode auto``: ``torchvision`` on CUDA (JPEGs decoded in batches on the device, other formats by PIL
+    in the loader workers, in the same run) when torchvision is installed, else ``pil``."""
+    import importlib.util
+
+    return "torchvision" if device.type == "cuda" and importlib.util.find_spec("torchvision") else "pil"
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Items ``{"index", "image" [3, H, W] or None, "size" (W, H) as displayed, "error"}``: a bad image is
     an item too.

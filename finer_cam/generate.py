@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 from dataclasses import dataclass, field, replace
@@ -16,12 +17,12 @@ from . import __version__, checks
 from .cam import METHODS, TARGETS, FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
-                   Preprocess, decode_raw, displayed_size, find_images, make_loader, read_class_names,
-                   shape_batches)
-from .device import PRECISIONS, resolve_device
+                   Preprocess, decode_raw, default_decode, displayed_size, find_images, make_loader,
+                   read_class_names, shape_batches)
+from .device import AUTO, PRECISIONS, default_precision, loader_workers, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
-from .io import MapWriter, RunFolder, check_folder, is_special, map_names
+from .io import RUN_FILE, MapWriter, RunFolder, check_folder, is_special, map_names, read_text
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .progress import BarFactory, StopRequest, open_bar
@@ -60,13 +61,13 @@ class GenerateConfig:
     normalize: str | None = None  # None: the head's sidecar, else the backbone's own (ImageNet)
     save_size: str = "input"
     batch_size: int = 16
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # device.loader_workers
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: device.default_precision
     aug_smooth: bool = False
     overwrite: bool = False
     max_pixels: int | None = MAX_PIXELS
-    decode: str = "pil"  # data.DECODERS
+    decode: str = "auto"  # data.DECODERS, or auto: data.default_decode
     compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
     offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
 
@@ -80,13 +81,13 @@ class GenerateConfig:
             checks.at_least(flag, value, 1, "a positive number of pixels", optional=True)
         checks.num_workers(self.num_workers)
         checks.max_pixels(self.max_pixels)
-        checks.one_of("decode", self.decode, DECODERS)
+        checks.one_of("decode", self.decode, (AUTO, *DECODERS))
         checks.one_of("backbone", self.backbone, BACKBONES)
         checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)
         checks.one_of("method", self.method, METHODS)
         checks.one_of("target", self.target, TARGETS)
         checks.one_of("similarity", self.similarity, SIMILARITIES)
-        checks.one_of("precision", self.precision, PRECISIONS)
+        checks.one_of("precision", self.precision, (AUTO, *PRECISIONS))
         checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
         parse_modes(self.modes)
         if self.concepts or self.concepts_file:
@@ -116,6 +117,46 @@ class Summary:
                 "label_fallback": self.label_fallback}
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What a run's ``auto`` values resolved to on its machine; run.json records these, not ``auto``."""
+
+    num_workers: int
+    decode: str
+    precision: str
+
+
+def resolve_runtime(cfg: GenerateConfig, device: torch.device, recorded: dict | None = None) -> Runtime:
+    """``auto`` values for ``device`` (:func:`~finer_cam.device.loader_workers`, :func:`~finer_cam.data.default_decode`,
+    :func:`~finer_cam.device.default_precision`). ``recorded`` is the run.json of the run being resumed: its
+    decoding path and precision are kept for ``auto``, so that every map of one folder is made the same way
+    (a run begun on a CPU and resumed on a GPU goes on as it began)."""
+    recorded = recorded or {}
+
+    def chosen(field: str, options: tuple[str, ...], default: str) -> str:
+        value = getattr(cfg, field)
+        if value != AUTO:
+            return value
+        return recorded[field] if recorded.get(field) in options else default
+
+    return Runtime(num_workers=loader_workers(cfg.num_workers, device),
+                   decode=chosen("decode", DECODERS, default_decode(device)),
+                   precision=chosen("precision", PRECISIONS, default_precision(device)))
+
+
+def _recorded_run(cfg: GenerateConfig) -> dict:
+    """The run.json in ``save_dir`` that a rerun resumes (empty when there is none, it is unreadable, or
+    ``--overwrite`` replaces it; :class:`~finer_cam.io.RunFolder` reports the unreadable one)."""
+    path = Path(cfg.save_dir) / RUN_FILE
+    if cfg.overwrite or not path.is_file():
+        return {}
+    try:
+        data = json.loads(read_text(path, str(path)))
+    except (FinerCamError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass
 class RunSetup:
     """A run once its arguments are checked and its model is loaded: what :func:`run_generate` works with."""
@@ -127,6 +168,7 @@ class RunSetup:
     run_info: dict  # what run.json records
     device: torch.device
     concepts: ConceptSet | None  # a CLIP concept run; None for a classifier with a head
+    runtime: Runtime  # the loader workers, decoding path and precision in use
     matcher: LabelMatcher = field(init=False)  # folder name -> class index
 
     def __post_init__(self) -> None:
@@ -221,6 +263,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     check_folder(cfg.save_dir, "save_dir")
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
+    runtime = resolve_runtime(cfg, device, _recorded_run(cfg))
     loaded = _load(cfg, device, progress)
     model = loaded.model
     for mode in modes:
@@ -235,7 +278,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     if cfg.compile:
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
-    engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=cfg.precision)
+    engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=runtime.precision)
     images = find_images(cfg.dataset_path)
     run_info = {
         "dataset_root": str(images.root),
@@ -255,13 +298,14 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         "save_size": cfg.save_size,
         "map_dtype": "float32" if cfg.save_size == "grid" else "float16",
         "aug_smooth": cfg.aug_smooth,
-        "precision": cfg.precision,
-        "decode": cfg.decode,
+        "precision": runtime.precision,
+        "decode": runtime.decode,
         "compile": cfg.compile,
+        "num_workers": runtime.num_workers,
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts)
+    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts, runtime)
 
 
 def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
@@ -280,13 +324,13 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     todo = _Todo(rel_paths, ranks.shard(pending), map_names(rel_paths))
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(pending), main=ranks.is_main)
     progress = progress if ranks.is_main else None
-    dataset = ImageDataset([images.paths[i] for i in todo.indices], preprocess, cfg.max_pixels, cfg.decode)
+    dataset = ImageDataset([images.paths[i] for i in todo.indices], preprocess, cfg.max_pixels, setup.runtime.decode)
     batches = None
     if cfg.max_size:  # inputs differ in shape: batch images of equal shape together (read off their headers)
         shapes = [preprocess.input_size(*s) if s else None for s in map(displayed_size, dataset.paths)]
         batches = shape_batches(shapes, cfg.batch_size)
         log.debug("%d images in %d input shapes", len(shapes), len(set(shapes)))
-    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda",
+    loader = make_loader(dataset, cfg.batch_size, setup.runtime.num_workers, pin_memory=device.type == "cuda",
                          batches=batches)
     bar = open_bar(progress, "Finer-CAM", len(todo.indices))
     writer = MapWriter(folder)
