@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, Ima
 from .device import AUTO, PRECISIONS, default_precision, loader_workers, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
+from .pipeline import HostCopy, Prefetcher, to_host
 from .io import RUN_FILE, MapWriter, RunFolder, check_folder, is_special, map_names, read_text
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
@@ -308,15 +310,23 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts, runtime)
 
 
-def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
+def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None,
+                 replace_engine: Callable[[FinerCAM], FinerCAM] | None = None) -> Summary:
     """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``;
-    ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept)."""
+    ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept).
+
+    Batch k+1 is read, decoded and copied to the device (:class:`~finer_cam.pipeline.Prefetcher`) while
+    batch k computes, and batch k's maps come back and are handed to the writer threads while batch k+1
+    computes. ``replace_engine`` swaps the engine for what it returns for it (the benchmarks measure the
+    pipeline around a stand-in network with it)."""
     stop = stop or StopRequest()
     device_type = resolve_device(cfg.device).type
     ranks = init_ranks(device_type)
     if ranks.world > 1 and device_type == "cuda":  # one GPU a rank
         cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
     setup = prepare(cfg, progress if ranks.is_main else None)
+    if replace_engine is not None:
+        setup.engine = replace_engine(setup.engine)
     images, preprocess, device = setup.images, setup.preprocess, setup.device
     folder = _open_folder(cfg, setup.run_info, ranks)
     rel_paths = [images.relative(p) for p in images.paths]
@@ -335,24 +345,33 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     bar = open_bar(progress, "Finer-CAM", len(todo.indices))
     writer = MapWriter(folder)
     finished = False
+    explained: _Explained | None = None  # the last group computed, whose results are still on their way back
     try:
-        for batch in loader:
-            decode_raw(batch, preprocess, device)  # --decode torchvision: JPEGs decoded on the device
-            for item in batch:
-                if item["error"] is not None:
+        with Prefetcher(loader, lambda batch: _ready(batch, preprocess, device), device) as batches:
+            for batch in batches:
+                for item in batch.failed:
                     rel = todo.rel(item["index"])
                     summary.failed += 1
                     summary.errors.append((rel, item["error"]))
                     log.error("%s: %s", images.root / rel, item["error"])
                     folder.add({"image": rel, "error": item["error"]})
-            good = [item for item in batch if item["error"] is None]
-            for group in _group_by_shape(good):
-                _explain_group(group, cfg, setup, todo, writer, summary)
-            bar.update(len(batch))
-            stop.check()
+                for group in batch.groups:
+                    previous, explained = explained, _explain_group(group, cfg, setup, todo)
+                    if previous is not None:  # while this group computes
+                        _write_group(previous, cfg, setup, todo, writer, summary)
+                bar.update(batch.size)
+                stop.check()
+        if explained is not None:
+            last, explained = explained, None
+            _write_group(last, cfg, setup, todo, writer, summary)
         writer.close()
         finished = True
     finally:
+        if explained is not None:  # stopped after a computed group: its maps are kept too
+            try:
+                _write_group(explained, cfg, setup, todo, writer, summary)
+            except FinerCamError as exc:
+                log.error("%s", exc)
         writer.close(raise_errors=False)  # what was explained is written, whatever stopped the loop
         bar.close()
         folder.close() if finished else folder.release()  # a stopped run lets the next one in
@@ -387,44 +406,93 @@ def _open_folder(cfg: GenerateConfig, run_info: dict, ranks: Ranks) -> RunFolder
     return folder
 
 
-def _group_by_shape(items: list[dict]) -> list[list[dict]]:
+@dataclass
+class _Group:
+    """Equally shaped images of one loader batch, stacked on the device: ``images`` ``[B, 3, H, W]``."""
+
+    items: list[dict]
+    images: torch.Tensor
+
+
+@dataclass
+class _Batch:
+    """One loader batch made ready for the model: the items that failed, and the rest grouped by shape."""
+
+    size: int
+    failed: list[dict]
+    groups: list[_Group]
+
+
+def _ready(batch: list[dict], preprocess: Preprocess, device: torch.device) -> _Batch:
+    """Decode the JPEGs a batch carries undecoded (``--decode torchvision``, in batched kernels on the device),
+    group the images by shape and copy each group to the device (from the loader's pinned memory on CUDA)."""
+    decode_raw(batch, preprocess, device)
     groups: dict[tuple, list[dict]] = {}
-    for item in items:
-        groups.setdefault(tuple(item["image"].shape), []).append(item)
-    return list(groups.values())
+    for item in batch:
+        if item["error"] is None:
+            groups.setdefault(tuple(item["image"].shape), []).append(item)
+    stacked = [_Group(items, torch.stack([item["image"].to(device, non_blocking=True) for item in items]))
+               for items in groups.values()]
+    return _Batch(len(batch), [item for item in batch if item["error"] is not None], stacked)
 
 
-def _explain_group(group: list[dict], cfg: GenerateConfig, setup: RunSetup, todo: _Todo, writer: MapWriter,
-                   summary: Summary) -> None:
-    """Explain a batch of equally shaped images and hand their maps and index lines to ``writer``."""
+@dataclass
+class _Explained:
+    """A group whose maps and decisions are computed, on their way back to the host (:class:`HostCopy`)."""
+
+    group: _Group
+    rels: list[str]
+    labels: list[int | None]
+    host: HostCopy  # maps [B, M, H, W] (or [B, K, M, H, W]), logits-derived decisions
+    raw: torch.Tensor  # the raw maps on the device, for --save_size original
+
+
+def _explain_group(group: _Group, cfg: GenerateConfig, setup: RunSetup, todo: _Todo) -> _Explained:
+    """Explain a batch of equally shaped images; their maps and decisions start their way back to the host
+    without waiting (:func:`_write_group` takes them, one group later)."""
     engine, concepts, device = setup.engine, setup.concepts, setup.device
-    rels = [todo.rel(item["index"]) for item in group]
-    x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
+    rels = [todo.rel(item["index"]) for item in group.items]
+    x = group.images
     if concepts is None:
         # an image's class is its own parent folder's name, also when that folder is the dataset root (one
         # class folder, or a list whose images all sit in one): nothing else in the list changes it
         labels = [setup.matcher((setup.images.root / rel).parent.name) for rel in rels]
         label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
         result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
-        targets = result.targets.cpu().tolist()
-        refs = result.references.cpu().tolist()  # [B, K]
-        references = [{mode.name: _ranked(r, mode) for mode in engine.modes} for r in refs]
+        decisions = {"targets": result.targets}
     else:
         labels = [None] * len(rels)
         result = engine.explain_concepts(x, len(concepts.names), concepts.fixed_references, cfg.aug_smooth)
-        targets = [list(range(len(concepts.names)))] * len(rels)
-        refs = result.references.cpu().tolist()  # [B, K concepts, R]
-        references = [[{mode.name: _ranked(r, mode) for mode in engine.modes} for r in per_concept]
-                      for per_concept in refs]
+        decisions = {}
     raw = result.maps  # [B, M, h, w], or [B, K, M, h, w] for concepts
     maps = raw
     if cfg.save_size == "input":
         maps = normalize_maps(resize_maps(raw, tuple(x.shape[-2:]))).half()
     probs = torch.softmax(result.logits, dim=1)
     top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
-    maps_cpu = maps.cpu()
-    predicted = result.logits.argmax(1).cpu().tolist()
-    top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
+    host = to_host(maps=maps, references=result.references, predicted=result.logits.argmax(1), top_p=top_p,
+                   top_i=top_i, **decisions)
+    return _Explained(group, rels, labels, host, raw)
+
+
+def _write_group(explained: _Explained, cfg: GenerateConfig, setup: RunSetup, todo: _Todo, writer: MapWriter,
+                 summary: Summary) -> None:
+    """Hand the maps and index lines of an explained group to ``writer`` (once its copies have arrived)."""
+    engine, concepts = setup.engine, setup.concepts
+    host = explained.host.wait()
+    group, rels, labels, raw, x = explained.group.items, explained.rels, explained.labels, explained.raw, \
+        explained.group.images
+    refs = host["references"].tolist()
+    if concepts is None:
+        targets = host["targets"].tolist()
+        references = [{mode.name: _ranked(r, mode) for mode in engine.modes} for r in refs]  # refs [B, K]
+    else:
+        targets = [list(range(len(concepts.names)))] * len(rels)
+        references = [[{mode.name: _ranked(r, mode) for mode in engine.modes} for r in per_concept]
+                      for per_concept in refs]  # refs [B, K concepts, R]
+    maps_cpu = host["maps"]
+    predicted = host["predicted"].tolist()
+    top_p, top_i = host["top_p"].tolist(), host["top_i"].tolist()
     for b, (item, rel) in enumerate(zip(group, rels)):
         m = maps_cpu[b]
         if cfg.save_size == "original":
