@@ -162,3 +162,31 @@ def test_batched_device_preprocessing_equals_the_per_image_one():
         x = x.round().clamp(0, 255) if p.shape[-2:] != (28, 28) else x
         mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
         assert torch.equal(b, (x / 255.0 - mean) / std)
+
+
+# ------------------------------------------------------------------------------------ start-up
+
+def test_prepacking_leaves_the_first_forward_nothing_to_pack_and_the_maps_unchanged(monkeypatch):
+    from conftest import tiny_classifier
+
+    from finer_cam import kernels
+    from finer_cam.cam import FinerCAM
+    from finer_cam.models import freeze_and_pack
+
+    if not kernels.onednn_linear_available():
+        pytest.skip("this PyTorch build has no oneDNN linear operators")
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    plain = FinerCAM(freeze_and_pack(tiny_classifier(depth=2, img_size=28), "cpu"))(x)
+    model = freeze_and_pack(tiny_classifier(depth=2, img_size=28), "cpu")
+    tokens = model.num_prefix_tokens + 4
+    layers = [m for m in model.modules() if isinstance(m, kernels.PackedLinear)]
+    assert kernels.prepack(model, lambda name: 2 * tokens if name.startswith("backbone.") else 2) == len(layers) > 0
+    reorders = []
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(kernels.torch.ops.mkldnn, "_reorder_linear_weight",
+                        lambda *a: reorders.append(a[0].shape) or reorder(*a), raising=False)
+    with torch.no_grad():
+        model(x)
+    assert reorders == []  # every forward weight was packed ahead
+    packed = FinerCAM(model)(x)
+    assert torch.equal(packed.maps, plain.maps) and torch.equal(packed.logits, plain.logits)
