@@ -17,7 +17,8 @@
   and to import the script.
 
 The backbone is a ViT with random weights in the official layout (speed does not depend on the values) and
-the official Stanford Cars head, at 224, on Stanford-Cars-sized JPEGs.
+the official Stanford Cars head (a random head of its 196 classes for another width), at 224, on
+Stanford-Cars-sized JPEGs.
 
     python bench/bench_pipeline.py [--device cuda] [--images 32] [--batch 16] [--workers auto] [--precision auto]
 """
@@ -204,37 +205,46 @@ def train_and_evaluate(args, common: dict, tmp: Path, cams: Path, setup, batches
 
 
 def startup(args, common: dict, tmp: Path) -> None:
-    """Whole processes: seconds to import generate_cam.py, to the first explained image and to the end."""
-    checkout = Path(args.checkout).resolve() if args.checkout else ROOT
+    """Whole processes: seconds to import generate_cam.py, to the first explained image and to the end; with
+    several checkouts (e.g. an older commit's and this one), their runs take turns, so that a change in the
+    machine's load falls on all of them alike."""
+    checkouts = [Path(c).resolve() for c in args.checkout] if args.checkout else [ROOT]
     data = Path(common["dataset_path"]) / "class 0"
-    command = [sys.executable, str(checkout / "generate_cam.py"), "--dataset_path", str(data),
+    times = {c: {"import generate_cam": [], "first explained image": [], "whole run": []} for c in checkouts}
+    for r in range(args.startup_repeat):
+        for c, checkout in enumerate(checkouts):
+            imported, first, total = _startup_once(checkout, common, data, args, tmp / f"startup_{r}_{c}")
+            for name, seconds in zip(times[checkout], (imported, first, total)):
+                times[checkout][name].append(seconds)
+    n = len(list(data.glob("*.jpg")))
+    print(f"\nstart-up: generate_cam.py, {n} images, a whole process, {args.startup_repeat} runs each "
+          f"{'taking turns ' if len(checkouts) > 1 else ''}: median (best)")
+    for checkout, figures in times.items():
+        print(checkout)
+        for name, values in figures.items():
+            print(f"  {name:22s} {statistics.median(values):6.2f} s ({min(values):.2f})   runs: "
+                  f"{', '.join(f'{t:.2f}' for t in values)}")
+
+
+def _startup_once(checkout: Path, common: dict, data: Path, args, out: Path) -> tuple[float, float, float]:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import generate_cam"], cwd=checkout, check=True)
+    imported = time.perf_counter() - start
+    command = [sys.executable, str(checkout / "generate_cam.py"), "--dataset_path", str(data), "--save_dir", str(out),
                "--model_path", common["model_path"], "--classifier_path", common["classifier_path"],
                "--batch_size", str(args.batch), "--device", args.device]
-    imports, firsts, totals = [], [], []
-    for r in range(args.startup_repeat):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import generate_cam"], cwd=checkout, check=True)
-        imports.append(time.perf_counter() - start)
-        out = tmp / f"startup_{r}"
-        index = out / "index.jsonl"
-        start = time.perf_counter()
-        proc = subprocess.Popen([*command, "--save_dir", str(out)], cwd=tmp, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        first = None
-        while proc.poll() is None:
-            if first is None and index.is_file() and index.stat().st_size > 0:
-                first = time.perf_counter() - start
-            time.sleep(0.01)
-        total = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"generate_cam.py exited with {proc.returncode}")
-        firsts.append(first if first is not None else total)
-        totals.append(total)
-    n = len(list(data.glob("*.jpg")))
-    print(f"\nstart-up: generate_cam.py of {checkout}, {n} images, a whole process, median of {args.startup_repeat}")
-    print(f"import generate_cam {statistics.median(imports):6.2f} s, first explained image "
-          f"{statistics.median(firsts):6.2f} s, whole run {statistics.median(totals):6.2f} s "
-          f"(runs: {', '.join(f'{f:.2f}' for f in firsts)})")
+    index = out / "index.jsonl"
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = None
+    while proc.poll() is None:
+        if first is None and index.is_file() and index.stat().st_size > 0:
+            first = time.perf_counter() - start
+        time.sleep(0.01)
+    total = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{checkout / 'generate_cam.py'} exited with {proc.returncode}")
+    return imported, first if first is not None else total, total
 
 
 def main() -> None:
@@ -244,7 +254,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", default="auto", help="--num_workers of every run (auto: what the machine has)")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--arch", default="vit_base", help="a ViT whose width is the Stanford Cars head's (768)")
+    ap.add_argument("--arch", default="vit_base",
+                    help="the ViT (vit_base: the official Stanford Cars head; another width: a random head)")
     ap.add_argument("--sleep", type=float, default=None,
                     help="seconds the overlap stand-in sleeps a batch (default: the pipeline's time a batch)")
     ap.add_argument("--size", type=int, default=224, help="the side of the written maps")
@@ -252,8 +263,9 @@ def main() -> None:
     ap.add_argument("--goal_rate", type=int, default=3000, help="images/s the write side is compared with")
     ap.add_argument("--eval_steps", type=int, default=0, help="evaluate.py --steps (deletion/insertion curves)")
     ap.add_argument("--startup_repeat", type=int, default=3)
-    ap.add_argument("--checkout", default=None,
-                    help="time the start-up of the generate_cam.py in this folder (another commit's checkout)")
+    ap.add_argument("--checkout", nargs="+", default=None,
+                    help="time the start-up of the generate_cam.py in these folders (e.g. another commit's checkout "
+                         "and this one), taking turns (default: this checkout's)")
     for part in ("floors", "overlap", "writes", "train_evaluate", "startup"):
         ap.add_argument(f"--skip_{part}", action="store_true")
     args = ap.parse_args()
@@ -262,9 +274,14 @@ def main() -> None:
         tmp = Path(name)
         cars_like_jpegs(tmp / "cars", args.images)
         torch.manual_seed(0)
-        torch.save(dinov2.build(args.arch).state_dict(), tmp / "backbone.pth")
+        backbone = dinov2.build(args.arch)
+        torch.save(backbone.state_dict(), tmp / "backbone.pth")
+        head = HEAD
+        if backbone.embed_dim != 768:  # not the official head's width: a random head of its class count
+            head = tmp / "head.pth"
+            torch.save(torch.nn.Linear(backbone.embed_dim, 196).state_dict(), head)
         common = {"dataset_path": str(tmp / "cars"), "model_path": str(tmp / "backbone.pth"),
-                  "classifier_path": str(HEAD), "batch_size": args.batch, "num_workers": workers,
+                  "classifier_path": str(head), "batch_size": args.batch, "num_workers": workers,
                   "device": args.device, "precision": args.precision}
         print(f"bench_pipeline: {args.images} JPEGs (640x360 to 1024x683), {args.arch} at 224, 3 modes, "
               f"{args.device} ({_device_name(args.device)}), torch {torch.__version__}")

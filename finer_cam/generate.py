@@ -261,6 +261,19 @@ def _input_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | None:
     return cfg.image_size or int(trained or native)
 
 
+def _warm_up(device: torch.device, decode: str) -> None:
+    """Start-up work that does not need the model, started on a thread so that it overlaps reading the
+    weights: the CUDA context, and the import of torchvision's decoder (about a second) for ``torchvision``
+    decoding, which the first batch would otherwise wait for."""
+    def work() -> None:
+        if device.type == "cuda":
+            torch.empty(1, device=device)  # creates the context
+        if decode == "torchvision":
+            import torchvision.io  # noqa: F401
+
+    threading.Thread(target=work, name="finer-cam-warm-up", daemon=True).start()
+
+
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
@@ -268,6 +281,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
     runtime = resolve_runtime(cfg, device, _recorded_run(cfg))
+    _warm_up(device, runtime.decode)  # while the weights are read
     loaded = _load(cfg, device, progress)
     model = loaded.model
     for mode in modes:
