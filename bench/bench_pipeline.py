@@ -217,8 +217,8 @@ def startup(args, common: dict, tmp: Path) -> None:
             for name, seconds in zip(times[checkout], (imported, first, total)):
                 times[checkout][name].append(seconds)
     n = len(list(data.glob("*.jpg")))
-    print(f"\nstart-up: generate_cam.py, {n} images, a whole process, {args.startup_repeat} runs each "
-          f"{'taking turns ' if len(checkouts) > 1 else ''}: median (best)")
+    print(f"\nstart-up: generate_cam.py, {n} images, a whole process, {args.startup_repeat} runs each"
+          f"{' taking turns' if len(checkouts) > 1 else ''}: median (best)")
     for checkout, figures in times.items():
         print(checkout)
         for name, values in figures.items():
