@@ -47,6 +47,7 @@ from standin import StandInEngine  # noqa: E402
 
 from finer_cam.cam import normalize_maps, resize_maps  # noqa: E402
 from finer_cam.data import ImageDataset  # noqa: E402
+from finer_cam.device import autocast  # noqa: E402
 from finer_cam.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from finer_cam.generate import GenerateConfig, prepare, run_generate  # noqa: E402
 from finer_cam.io import MapWriter, RunFolder, save_maps  # noqa: E402
@@ -103,7 +104,7 @@ def forward_floor(setup, batches, device: str) -> float:
     """images/s of the no-grad forward alone (logits) on resident batches: what feature extraction and
     evaluate.py's forwards are made of."""
     model = setup.engine.model
-    with torch.no_grad():
+    with torch.no_grad(), autocast(setup.device, setup.runtime.precision):
         model(batches[0][0])
         _sync(device)
         start = time.perf_counter()
@@ -185,7 +186,7 @@ def train_and_evaluate(args, common: dict, tmp: Path, cams: Path, setup, batches
     forward = forward_floor(setup, batches, args.device)
     paths = setup.images.paths
     cfg = TrainConfig(str(tmp), common["model_path"], str(tmp / "train"), batch_size=args.batch,
-                      num_workers=workers, device=args.device)
+                      num_workers=workers, device=args.device, precision=setup.runtime.precision)
     start = time.perf_counter()
     extract_features(setup.engine.model, paths, setup.preprocess, FeatureCache(None, {}), cfg, setup.device,
                      Failures())
@@ -196,7 +197,8 @@ def train_and_evaluate(args, common: dict, tmp: Path, cams: Path, setup, batches
                                 num_workers=workers, device=args.device))
     _sync(args.device)
     evaluated = len(paths) / (time.perf_counter() - start)
-    print(f"\ntrain and evaluate: {len(paths)} images, {workers} loader workers, batch {args.batch}")
+    print(f"\ntrain and evaluate: {len(paths)} images, {workers} loader workers, batch {args.batch}, precision "
+          f"{setup.runtime.precision} (evaluate.py: fp32, it has no precision flag)")
     print(f"{'no-grad forward alone (resident)':42s} {forward:9.1f} images/s")
     print(f"{'train_classifier.py feature extraction':42s} {features:9.1f} images/s  ({forward / features:.2f}x the time "
           "of the forward alone)")
