@@ -261,17 +261,22 @@ def _input_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | None:
     return cfg.image_size or int(trained or native)
 
 
-def _warm_up(device: torch.device, decode: str) -> None:
-    """Start-up work that does not need the model, started on a thread so that it overlaps reading the
-    weights: the CUDA context, and the import of torchvision's decoder (about a second) for ``torchvision``
-    decoding, which the first batch would otherwise wait for."""
+def _warm_up(device: torch.device, decode: str) -> threading.Thread | None:
+    """Start-up work that does not need the model, started on a thread (returned, to join once the weights
+    are read) so that it overlaps reading them: the CUDA context, and the import of torchvision's decoder
+    (about a second) for ``torchvision`` decoding, which the first batch would otherwise wait for."""
+    if device.type != "cuda" and decode != "torchvision":
+        return None
+
     def work() -> None:
         if device.type == "cuda":
             torch.empty(1, device=device)  # creates the context
         if decode == "torchvision":
             import torchvision.io  # noqa: F401
 
-    threading.Thread(target=work, name="finer-cam-warm-up", daemon=True).start()
+    thread = threading.Thread(target=work, name="finer-cam-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
@@ -281,8 +286,12 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     modes = parse_modes(cfg.modes)
     device = resolve_device(cfg.device)
     runtime = resolve_runtime(cfg, device, _recorded_run(cfg))
-    _warm_up(device, runtime.decode)  # while the weights are read
-    loaded = _load(cfg, device, progress)
+    warming = _warm_up(device, runtime.decode)  # while the weights are read
+    try:
+        loaded = _load(cfg, device, progress)
+    finally:
+        if warming is not None:
+            warming.join()
     model = loaded.model
     for mode in modes:
         if mode.alpha and all(r > model.num_classes - 1 for r in mode.ranks):
