@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_max_pixels_argument, main_guard, one_of, parse_flags,
-                           tqdm_bar)
+                           add_max_pixels_argument, add_num_workers_argument, main_guard, one_of,
+                           parse_flags, tqdm_bar)
 from finer_cam.evaluate import FILLS, MASK_FORMATS, EvaluateConfig, format_table, run_evaluate
 from finer_cam.progress import StopRequest
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images (in path order)")
     add_max_pixels_argument(p)
     p.add_argument("--batch_size", type=int, default=64, help="images (masked variants) per forward pass")
-    p.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
+    add_num_workers_argument(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--verbose", action="store_true", help="more log output")
     return p

@@ -8,11 +8,11 @@ import sys
 
 from finer_cam.cam import METHODS, TARGETS
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_backbone_arguments, add_max_pixels_argument, main_guard, one_of,
-                           parse_flags, tqdm_bar)
+                           add_backbone_arguments, add_max_pixels_argument, add_num_workers_argument, main_guard,
+                           one_of, parse_flags, tqdm_bar)
 from finer_cam.concepts import DEFAULT_PROMPT
 from finer_cam.data import DECODERS, NORMALIZATIONS
-from finer_cam.device import PRECISIONS
+from finer_cam.device import AUTO, PRECISIONS
 from finer_cam.generate import DEFAULT_HEAD, SAVE_SIZES, GenerateConfig, run_generate
 from finer_cam.progress import StopRequest
 from finer_cam.targets import DEFAULT_MODES, SIMILARITIES
@@ -84,18 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "CLIP's with --backbone clip)")
     r = p.add_argument_group("runtime")
     r.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
+    add_num_workers_argument(r)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--precision", metavar=one_of(PRECISIONS), default="fp32",
-                   help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast")
+    r.add_argument("--precision", metavar=one_of((AUTO, *PRECISIONS)), default=AUTO,
+                   help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast (the "
+                        "fastest; a few contrastive maps differ, see docs/speed.md); auto (the default): tf32 on "
+                        "CUDA, whose maps are fp32's, fp32 elsewhere. A resumed run keeps the precision it began with")
     r.add_argument("--compile", action="store_true",
                    help="torch.compile the shared forward pass: pays off on a GPU over many images (compiling takes "
                         "a minute, once per input shape)")
-    r.add_argument("--decode", metavar=one_of(DECODERS), default="pil",
+    r.add_argument("--decode", metavar=one_of((AUTO, *DECODERS)), default=AUTO,
                    help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced "
                         "size first (faster; the pixels change: most maps stay close, but a few contrastive ones "
-                        "do not, so check on your data); torchvision: JPEGs decoded on the model's device "
-                        "(nvJPEG on CUDA) and resized there with torch")
+                        "do not, so check on your data); torchvision: JPEGs decoded in batches on the model's device "
+                        "(nvJPEG on CUDA) and resized there with torch, other formats by PIL in the workers; auto "
+                        "(the default): torchvision on CUDA, pil elsewhere. A resumed run keeps the decoding it "
+                        "began with")
     add_max_pixels_argument(r)
     r.add_argument("--verbose", action="store_true", help="more log output")
     return p

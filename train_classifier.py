@@ -8,8 +8,8 @@ import math
 import sys
 
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
-                           add_backbone_arguments, add_max_pixels_argument, main_guard, one_of,
-                           parse_flags, tqdm_bar)
+                           add_backbone_arguments, add_max_pixels_argument, add_num_workers_argument,
+                           main_guard, one_of, parse_flags, tqdm_bar)
 from finer_cam.data import NORMALIZATIONS
 from finer_cam.device import PRECISIONS
 from finer_cam.progress import StopRequest
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on RandomResizedCrop + flip views with the backbone in the loop (slower; no cache)")
     t.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the batch order")
     r = p.add_argument_group("runtime")
-    r.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
+    add_num_workers_argument(r)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--precision", metavar=one_of(PRECISIONS), default="fp32",
                    help="the backbone's: fp32; tf32 (TF32 matrix products on CUDA); bf16 (autocast)")

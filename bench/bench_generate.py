@@ -27,6 +27,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import dinov2  # noqa: E402
+from finer_cam.device import loader_workers  # noqa: E402
 
 HEAD = ROOT / "pretrained_models" / "classifier" / "stanford_cars" / "classifier_cars_DINO.pth"
 
@@ -47,11 +48,15 @@ def main() -> None:
     ap.add_argument("--arch", default="vit_base", help="must give the head's width (768 for the Stanford Cars head)")
     ap.add_argument("--head", default=str(HEAD))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="auto", help="generate_cam.py's --precision (the peers run in float32)")
     ap.add_argument("--skip-official", action="store_true", help="skip the slow batch-1 reference")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each way; the median is reported")
-    ap.add_argument("--workers", type=int, default=1, help="decoding processes for generate_cam.py and torchcam")
+    ap.add_argument("--workers", default="auto",
+                    help="decoding processes for generate_cam.py and torchcam (auto: generate_cam.py's default for "
+                         "the device, given to both)")
     args = ap.parse_args()
+    args.workers = loader_workers(args.workers if args.workers == "auto" else int(args.workers),
+                                  torch.device(args.device))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
@@ -81,7 +86,8 @@ def main() -> None:
                 runs[name].append(timed(ways[name]))
     results = {name: statistics.median(times) for name, times in runs.items()}
     base = results["generate_cam.py"]
-    print(f"{args.images} images, {args.arch}, 224x224, 3 modes, batch {args.batch}, {args.device}, "
+    print(f"{args.images} images, {args.arch}, 224x224, 3 modes, batch {args.batch}, {args.workers} loader workers, "
+          f"generate_cam.py --precision {args.precision}, {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeat} runs")
     print(f"{'way':50s} {'seconds':>8s} {'images/s':>9s} {'ours is x faster':>17s}")
     for name, seconds in results.items():

@@ -12,8 +12,6 @@ import gzip
 import html
 from pathlib import Path
 
-import ftfy
-import regex
 import torch
 
 VOCAB_FILE = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
@@ -23,7 +21,16 @@ NUM_MERGES = 49152 - 256 - 2  # the merges OpenAI's vocabulary uses (the file ho
 # The special tokens are not in the word pattern: "<|endoftext|>" typed in a prompt is text, not a token
 # that would end the prompt early (OpenAI's tokenizer makes it the special token; open_clip spells its own
 # special tokens "<end_of_text>" and treats OpenAI's spelling as text, as here).
-_WORDS = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
+WORD_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+
+
+@functools.cache
+def _words():
+    """The compiled word pattern (``regex`` and ``ftfy`` are imported when text is first tokenized, not with the
+    package: the scripts that never read text start faster)."""
+    import regex
+
+    return regex.compile(WORD_PATTERN, regex.IGNORECASE)
 
 
 class ContextLengthError(ValueError):
@@ -43,6 +50,9 @@ def byte_symbols() -> dict[int, str]:
 
 def clean(text: str) -> str:
     """ftfy's fixes, HTML entities unescaped (twice, as OpenAI), runs of whitespace made one space, lower case."""
+    import ftfy
+    import regex
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return regex.sub(r"\s+", " ", text).strip().lower()
 
@@ -88,7 +98,7 @@ class SimpleTokenizer:
         """Token ids of ``text`` without the start and end tokens."""
         symbols = byte_symbols()
         ids = []
-        for word in _WORDS.findall(clean(text)):
+        for word in _words().findall(clean(text)):
             encoded = "".join(symbols[b] for b in word.encode("utf-8"))
             ids.extend(self.encoder[s] for s in self.bpe(encoded))
         return ids

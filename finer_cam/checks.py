@@ -47,8 +47,11 @@ def exclusive(*fields_and_values: tuple[str, object]) -> None:
 
 
 def num_workers(value) -> None:
-    """``--num_workers``, as every script that decodes images takes it."""
-    at_least("num_workers", value, 0, "0 (decode in the main process) or more")
+    """``--num_workers``, as every script that decodes images takes it: ``auto`` (what the machine has, see
+    :func:`finer_cam.device.loader_workers`), or a number of processes, 0 decoding in the main process."""
+    if value == "auto":
+        return
+    at_least("num_workers", value, 0, "auto, 0 (decode in the main process) or more")
 
 
 def max_pixels(value) -> None:

@@ -79,6 +79,24 @@ def add_max_pixels_argument(group) -> None:
                        help="refuse images with more pixels than this (decompression bombs); 0 for no limit")
 
 
+def workers_value(text: str) -> int | str:
+    """``--num_workers``'s type: ``auto`` or a whole number (its range is the configuration's check)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, not {text!r}") from None
+
+
+def add_num_workers_argument(group) -> None:
+    """``--num_workers``, as every script that decodes images in loader processes takes it."""
+    group.add_argument("--num_workers", type=workers_value, default="auto",
+                       help="loader processes decoding images; auto (the default): on CUDA every usable CPU core but "
+                            "one (at most 32), on a CPU 2 (the model needs the cores); a number above the usable "
+                            "cores is capped to them with a warning; 0 decodes in the main process")
+
+
 def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger("finer_cam")
     root.handlers[:] = [_TqdmHandler()]

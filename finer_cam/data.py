@@ -285,15 +285,28 @@ class Preprocess:
     def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """The same for decoded ``uint8 [3, H, W]`` pixels on any device: bicubic resize with antialiasing
         (as PIL's) in torch, then normalisation."""
-        h, w = pixels.shape[-2:]
-        tw, th = self.input_size(w, h)
-        x = pixels.float().unsqueeze(0)
-        if (tw, th) != (w, h):
-            x = F.interpolate(x, size=(th, tw), mode="bicubic", antialias=True, align_corners=False)
-            x = x.round().clamp(0, 255)  # PIL rounds its resized pixels to 8 bits
-        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
-        return (x[0] / 255.0 - mean) / std
+        return self.from_pixels_batch([pixels])[0]
+
+    def from_pixels_batch(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`from_pixels` of each ``uint8 [3, H, W]`` tensor, in a few batched kernels: the images of one
+        shape are resized and normalised together."""
+        out: list[torch.Tensor | None] = [None] * len(pixels)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(pixels):
+            by_shape.setdefault(tuple(p.shape), []).append(i)
+        for shape, members in by_shape.items():
+            x = torch.stack([pixels[i] for i in members]).float()  # [n, 3, H, W]
+            h, w = shape[-2:]
+            tw, th = self.input_size(w, h)
+            if (tw, th) != (w, h):
+                x = F.interpolate(x, size=(th, tw), mode="bicubic", antialias=True, align_corners=False)
+                x = x.round().clamp(0, 255)  # PIL rounds its resized pixels to 8 bits
+            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+            x = (x / 255.0 - mean) / std
+            for j, i in enumerate(members):
+                out[i] = x[j]
+        return out
 
     def to_json(self) -> dict:
         return {"image_size": self.image_size, "max_size": self.max_size, "patch": self.patch,
@@ -310,6 +323,14 @@ def patch_multiple(size: int, patch: int) -> int:
 
 
 DECODERS = ("pil", "draft", "torchvision")
+
+
+def default_decode(device: torch.device) -> str:
+    """``decode auto``: ``torchvision`` on CUDA (JPEGs decoded in batches on the device, other formats by PIL
+    in the loader workers, in the same run) when torchvision is installed, else ``pil``."""
+    import importlib.util
+
+    return "torchvision" if device.type == "cuda" and importlib.util.find_spec("torchvision") else "pil"
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -387,12 +408,15 @@ def decode_raw(items: list[dict], preprocess: Preprocess, device: torch.device) 
                 decoded.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
             except RuntimeError as exc:
                 decoded.append(f"not a readable image ({str(exc).splitlines()[0] if str(exc) else 'decode failed'})")
+    good = []
     for item, pixels in zip(todo, decoded):
         orientation = item.pop("orientation")
         if isinstance(pixels, str):
             item["error"] = pixels
         else:
-            item["image"] = preprocess.from_pixels(exif_orient(pixels, orientation))
+            good.append((item, exif_orient(pixels, orientation)))
+    for (item, _), image in zip(good, preprocess.from_pixels_batch([pixels for _, pixels in good])):
+        item["image"] = image
 
 
 def displayed_size(path: str | Path) -> tuple[int, int] | None:

@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from PIL import Image
 from . import checks
 from .cam import normalize_maps, resize_maps
 from .data import MAX_PIXELS, ImageDataset, ImageError, Preprocess, make_loader, open_image
-from .device import resolve_device
+from .device import loader_workers, resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
 from .io import (INDEX_FILE, FolderLock, SkippedFile, atomic_write_bytes, check_folder, claim_output, dataset_root,
@@ -71,7 +71,7 @@ class EvaluateConfig:
     mask_format: str = "auto"
     attributes: str | None = None
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # device.loader_workers
     device: str = "auto"
     limit: int | None = None
     max_pixels: int | None = MAX_PIXELS
@@ -444,6 +444,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     ranks = init_ranks(device.type)
     if ranks.world > 1 and device.type == "cuda":
         device = torch.device(f"cuda:{ranks.local_rank}")
+    cfg = replace(cfg, num_workers=loader_workers(cfg.num_workers, device))  # auto: what the machine has
     model = _load_model(cfg, run_info, device)
     modes = [m["name"] for m in run_info["modes"]]
     class_names = run_info["class_names"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,14 +19,17 @@ from . import __version__, checks
 from .cam import METHODS, TARGETS, FinerCAM, normalize_maps, resize_maps
 from .concepts import ConceptSet
 from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
-                   Preprocess, decode_raw, displayed_size, find_images, make_loader, patch_multiple,
-                   read_class_names, shape_batches)
-from .device import PRECISIONS, resolve_device
+                   Preprocess, decode_raw, default_decode, displayed_size, find_images, make_loader,
+                   patch_multiple, read_class_names, shape_batches)
+from .device import AUTO, PRECISIONS, default_precision, loader_workers, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
-from .io import INDEX_FILE, RUN_FILE, MapWriter, RunFolder, check_folder, claim_output, is_special, map_names
+from .io import (INDEX_FILE, RUN_FILE, MapWriter, RunFolder, check_folder, claim_output, is_special, map_names,
+                 read_text)
+from .kernels import prepack
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
+from .pipeline import HostCopy, Prefetcher, to_host
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, SIMILARITIES, parse_modes
 from .weights import resolve_weights
@@ -60,13 +66,13 @@ class GenerateConfig:
     normalize: str | None = None  # None: the head's sidecar, else the backbone's own (ImageNet)
     save_size: str = "input"
     batch_size: int = 16
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # device.loader_workers
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: device.default_precision
     aug_smooth: bool = False
     overwrite: bool = False
     max_pixels: int | None = MAX_PIXELS
-    decode: str = "pil"  # data.DECODERS
+    decode: str = "auto"  # data.DECODERS, or auto: data.default_decode
     compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
     offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
 
@@ -80,13 +86,13 @@ class GenerateConfig:
             checks.at_least(flag, value, 1, "a positive number of pixels", optional=True)
         checks.num_workers(self.num_workers)
         checks.max_pixels(self.max_pixels)
-        checks.one_of("decode", self.decode, DECODERS)
+        checks.one_of("decode", self.decode, (AUTO, *DECODERS))
         checks.one_of("backbone", self.backbone, BACKBONES)
         checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)
         checks.one_of("method", self.method, METHODS)
         checks.one_of("target", self.target, TARGETS)
         checks.one_of("similarity", self.similarity, SIMILARITIES)
-        checks.one_of("precision", self.precision, PRECISIONS)
+        checks.one_of("precision", self.precision, (AUTO, *PRECISIONS))
         checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
         parse_modes(self.modes)
         if self.concepts or self.concepts_file:
@@ -116,6 +122,46 @@ class Summary:
                 "label_fallback": self.label_fallback}
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What a run's ``auto`` values resolved to on its machine; run.json records these, not ``auto``."""
+
+    num_workers: int
+    decode: str
+    precision: str
+
+
+def resolve_runtime(cfg: GenerateConfig, device: torch.device, recorded: dict | None = None) -> Runtime:
+    """``auto`` values for ``device`` (:func:`~finer_cam.device.loader_workers`, :func:`~finer_cam.data.default_decode`,
+    :func:`~finer_cam.device.default_precision`). ``recorded`` is the run.json of the run being resumed: its
+    decoding path and precision are kept for ``auto``, so that every map of one folder is made the same way
+    (a run begun on a CPU and resumed on a GPU goes on as it began)."""
+    recorded = recorded or {}
+
+    def chosen(field: str, options: tuple[str, ...], default: str) -> str:
+        value = getattr(cfg, field)
+        if value != AUTO:
+            return value
+        return recorded[field] if recorded.get(field) in options else default
+
+    return Runtime(num_workers=loader_workers(cfg.num_workers, device),
+                   decode=chosen("decode", DECODERS, default_decode(device)),
+                   precision=chosen("precision", PRECISIONS, default_precision(device)))
+
+
+def _recorded_run(cfg: GenerateConfig) -> dict:
+    """The run.json in ``save_dir`` that a rerun resumes (empty when there is none, it is unreadable, or
+    ``--overwrite`` replaces it; :class:`~finer_cam.io.RunFolder` reports the unreadable one)."""
+    path = Path(cfg.save_dir) / RUN_FILE
+    if cfg.overwrite or not path.is_file():
+        return {}
+    try:
+        data = json.loads(read_text(path, str(path)))
+    except (FinerCamError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass
 class RunSetup:
     """A run once its arguments are checked and its model is loaded: what :func:`run_generate` works with."""
@@ -127,6 +173,7 @@ class RunSetup:
     run_info: dict  # what run.json records
     device: torch.device
     concepts: ConceptSet | None  # a CLIP concept run; None for a classifier with a head
+    runtime: Runtime  # the loader workers, decoding path and precision in use
     map_names: dict[str, str] = field(default_factory=dict)  # relative image path -> relative map path
     matcher: LabelMatcher = field(init=False)  # folder name -> class index
 
@@ -228,6 +275,24 @@ def _requested_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | No
     return cfg.image_size or int(trained or native)
 
 
+def _warm_up(device: torch.device, decode: str) -> threading.Thread | None:
+    """Start-up work that does not need the model, started on a thread (returned, to join once the weights
+    are read) so that it overlaps reading them: the CUDA context, and the import of torchvision's decoder
+    (about a second) for ``torchvision`` decoding, which the first batch would otherwise wait for."""
+    if device.type != "cuda" and decode != "torchvision":
+        return None
+
+    def work() -> None:
+        if device.type == "cuda":
+            torch.empty(1, device=device)  # creates the context
+        if decode == "torchvision":
+            import torchvision.io  # noqa: F401
+
+    thread = threading.Thread(target=work, name="finer-cam-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup:
     """Load and check everything a run needs; every user mistake becomes a FinerCamError here, before any work
     (``progress`` shows a download of named weights)."""
@@ -238,7 +303,13 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     claim_output(cfg.save_dir, "save_dir", root=images.root, image_folders={p.parent for p in images.paths},
                  writes=[RUN_FILE, INDEX_FILE, *maps.values()])
     device = resolve_device(cfg.device)
-    loaded = _load(cfg, device, progress)
+    runtime = resolve_runtime(cfg, device, _recorded_run(cfg))
+    warming = _warm_up(device, runtime.decode)  # while the weights are read
+    try:
+        loaded = _load(cfg, device, progress)
+    finally:
+        if warming is not None:
+            warming.join()
     model = loaded.model
     for mode in modes:
         if mode.alpha and all(r > model.num_classes - 1 for r in mode.ranks):
@@ -252,7 +323,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     if cfg.compile:
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
-    engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=cfg.precision)
+    engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=runtime.precision)
     run_info = {
         "dataset_root": str(images.root),
         "modes": [m.to_json() for m in modes],
@@ -271,24 +342,33 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         "save_size": cfg.save_size,
         "map_dtype": "float32" if cfg.save_size == "grid" else "float16",
         "aug_smooth": cfg.aug_smooth,
-        "precision": cfg.precision,
-        "decode": cfg.decode,
+        "precision": runtime.precision,
+        "decode": runtime.decode,
         "compile": cfg.compile,
+        "num_workers": runtime.num_workers,
         "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
-    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts, maps)
+    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts, runtime, maps)
 
 
-def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> Summary:
+def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None,
+                 replace_engine: Callable[[FinerCAM], FinerCAM] | None = None) -> Summary:
     """Explain every image of ``cfg.dataset_path`` into ``cfg.save_dir``, showing progress through ``progress``;
-    ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept)."""
+    ``stop`` is checked after every batch (raising :class:`Interrupted`, the finished images kept).
+
+    Batch k+1 is read, decoded and copied to the device (:class:`~finer_cam.pipeline.Prefetcher`) while
+    batch k computes, and batch k's maps come back and are handed to the writer threads while batch k+1
+    computes. ``replace_engine`` swaps the engine for what it returns for it (the benchmarks measure the
+    pipeline around a stand-in network with it)."""
     stop = stop or StopRequest()
     device_type = resolve_device(cfg.device).type
     ranks = init_ranks(device_type)
     if ranks.world > 1 and device_type == "cuda":  # one GPU a rank
         cfg = replace(cfg, device=f"cuda:{ranks.local_rank}")
     setup = prepare(cfg, progress if ranks.is_main else None)
+    if replace_engine is not None:
+        setup.engine = replace_engine(setup.engine)
     images, preprocess, device = setup.images, setup.preprocess, setup.device
     folder = _open_folder(cfg, setup.run_info, ranks)
     rel_paths = [images.relative(p) for p in images.paths]
@@ -296,35 +376,48 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     todo = _Todo(rel_paths, ranks.shard(pending), setup.map_names)
     summary = Summary(total=len(rel_paths), skipped=len(rel_paths) - len(pending), main=ranks.is_main)
     progress = progress if ranks.is_main else None
-    dataset = ImageDataset([images.paths[i] for i in todo.indices], preprocess, cfg.max_pixels, cfg.decode)
+    dataset = ImageDataset([images.paths[i] for i in todo.indices], preprocess, cfg.max_pixels, setup.runtime.decode)
     batches = None
     if cfg.max_size:  # inputs differ in shape: batch images of equal shape together (read off their headers)
         shapes = [preprocess.input_size(*s) if s else None for s in map(displayed_size, dataset.paths)]
         batches = shape_batches(shapes, cfg.batch_size)
         log.debug("%d images in %d input shapes", len(shapes), len(set(shapes)))
-    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda",
+    loader = make_loader(dataset, cfg.batch_size, setup.runtime.num_workers, pin_memory=device.type == "cuda",
                          batches=batches)
     bar = open_bar(progress, "Finer-CAM", len(todo.indices))
     writer = MapWriter(folder)
     finished = False
+    explained: _Explained | None = None  # the last group computed, whose results are still on their way back
     try:
-        for batch in loader:
-            decode_raw(batch, preprocess, device)  # --decode torchvision: JPEGs decoded on the device
-            for item in batch:
-                if item["error"] is not None:
+        with Prefetcher(loader, lambda batch: _ready(batch, preprocess, device), device) as batches:
+            packing = _pack_ahead(setup, min(cfg.batch_size, len(todo.indices)))  # while batch 0 is decoded
+            for batch in batches:
+                if packing is not None:
+                    packing.join()
+                    packing = None
+                for item in batch.failed:
                     rel = todo.rel(item["index"])
                     summary.failed += 1
                     summary.errors.append((rel, item["error"]))
                     log.error("%s: %s", images.root / rel, item["error"])
                     folder.add({"image": rel, "error": item["error"]})
-            good = [item for item in batch if item["error"] is None]
-            for group in _group_by_shape(good):
-                _explain_group(group, cfg, setup, todo, writer, summary)
-            bar.update(len(batch))
-            stop.check()
+                for group in batch.groups:
+                    previous, explained = explained, _explain_group(group, cfg, setup, todo)
+                    if previous is not None:  # while this group computes
+                        _write_group(previous, cfg, setup, todo, writer, summary)
+                bar.update(batch.size)
+                stop.check()
+        if explained is not None:
+            last, explained = explained, None
+            _write_group(last, cfg, setup, todo, writer, summary)
         writer.close()
         finished = True
     finally:
+        if explained is not None:  # stopped after a computed group: its maps are kept too
+            try:
+                _write_group(explained, cfg, setup, todo, writer, summary)
+            except FinerCamError as exc:
+                log.error("%s", exc)
         writer.close(raise_errors=False)  # what was explained is written, whatever stopped the loop
         bar.close()
         folder.close() if finished else folder.release()  # a stopped run lets the next one in
@@ -359,44 +452,113 @@ def _open_folder(cfg: GenerateConfig, run_info: dict, ranks: Ranks) -> RunFolder
     return folder
 
 
-def _group_by_shape(items: list[dict]) -> list[list[dict]]:
+def _pack_ahead(setup: RunSetup, first: int) -> threading.Thread | None:
+    """On the CPU, pack the model's weights for oneDNN (:func:`~finer_cam.kernels.prepack`, about a second for
+    a ViT-B/14) on a thread while the loader decodes the first batch, instead of in the first forward; for
+    inputs of one size, with the rows the first forward gives each layer (``first`` images of ``tokens``
+    tokens in the backbone, ``first`` rows in the head). Returns the thread to join before computing."""
+    model, pre = getattr(setup.engine, "model", None), setup.preprocess
+    if (setup.device.type != "cpu" or setup.runtime.precision == "bf16" or pre.image_size is None or not first
+            or not hasattr(model, "backbone") or not hasattr(model, "num_prefix_tokens")):
+        return None
+    side = pre.input_size(pre.image_size, pre.image_size)[0]
+    tokens = model.num_prefix_tokens + (side // model.patch_size) ** 2
+
+    def rows(name: str) -> int:
+        return first * tokens if name.startswith("backbone.") else first
+
+    thread = threading.Thread(target=prepack, args=(model, rows), name="finer-cam-pack", daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclass
+class _Group:
+    """Equally shaped images of one loader batch, stacked on the device: ``images`` ``[B, 3, H, W]``."""
+
+    items: list[dict]
+    images: torch.Tensor
+
+
+@dataclass
+class _Batch:
+    """One loader batch made ready for the model: the items that failed, and the rest grouped by shape."""
+
+    size: int
+    failed: list[dict]
+    groups: list[_Group]
+
+
+def _ready(batch: list[dict], preprocess: Preprocess, device: torch.device) -> _Batch:
+    """Decode the JPEGs a batch carries undecoded (``--decode torchvision``, in batched kernels on the device),
+    group the images by shape and copy each group to the device (from the loader's pinned memory on CUDA)."""
+    decode_raw(batch, preprocess, device)
     groups: dict[tuple, list[dict]] = {}
-    for item in items:
-        groups.setdefault(tuple(item["image"].shape), []).append(item)
-    return list(groups.values())
+    for item in batch:
+        if item["error"] is None:
+            groups.setdefault(tuple(item["image"].shape), []).append(item)
+    stacked = [_Group(items, torch.stack([item["image"].to(device, non_blocking=True) for item in items]))
+               for items in groups.values()]
+    return _Batch(len(batch), [item for item in batch if item["error"] is not None], stacked)
 
 
-def _explain_group(group: list[dict], cfg: GenerateConfig, setup: RunSetup, todo: _Todo, writer: MapWriter,
-                   summary: Summary) -> None:
-    """Explain a batch of equally shaped images and hand their maps and index lines to ``writer``."""
+@dataclass
+class _Explained:
+    """A group whose maps and decisions are computed, on their way back to the host (:class:`HostCopy`)."""
+
+    group: _Group
+    rels: list[str]
+    labels: list[int | None]
+    host: HostCopy  # maps [B, M, H, W] (or [B, K, M, H, W]), logits-derived decisions
+    raw: torch.Tensor  # the raw maps on the device, for --save_size original
+
+
+def _explain_group(group: _Group, cfg: GenerateConfig, setup: RunSetup, todo: _Todo) -> _Explained:
+    """Explain a batch of equally shaped images; their maps and decisions start their way back to the host
+    without waiting (:func:`_write_group` takes them, one group later)."""
     engine, concepts, device = setup.engine, setup.concepts, setup.device
-    rels = [todo.rel(item["index"]) for item in group]
-    x = torch.stack([item["image"] for item in group]).to(device, non_blocking=True)
+    rels = [todo.rel(item["index"]) for item in group.items]
+    x = group.images
     if concepts is None:
         # an image's class is its own parent folder's name, also when that folder is the dataset root (one
         # class folder, or a list whose images all sit in one): nothing else in the list changes it
         labels = [setup.matcher((setup.images.root / rel).parent.name) for rel in rels]
         label_t = torch.tensor([-1 if lab is None else lab for lab in labels], device=device)
         result = engine(x, label_t, cfg.target, aug_smooth=cfg.aug_smooth)
-        targets = result.targets.cpu().tolist()
-        refs = result.references.cpu().tolist()  # [B, K]
-        references = [{mode.name: _ranked(r, mode) for mode in engine.modes} for r in refs]
+        decisions = {"targets": result.targets}
     else:
         labels = [None] * len(rels)
         result = engine.explain_concepts(x, len(concepts.names), concepts.fixed_references, cfg.aug_smooth)
-        targets = [list(range(len(concepts.names)))] * len(rels)
-        refs = result.references.cpu().tolist()  # [B, K concepts, R]
-        references = [[{mode.name: _ranked(r, mode) for mode in engine.modes} for r in per_concept]
-                      for per_concept in refs]
+        decisions = {}
     raw = result.maps  # [B, M, h, w], or [B, K, M, h, w] for concepts
     maps = raw
     if cfg.save_size == "input":
         maps = normalize_maps(resize_maps(raw, tuple(x.shape[-2:]))).half()
     probs = torch.softmax(result.logits, dim=1)
     top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
-    maps_cpu = maps.cpu()
-    predicted = result.logits.argmax(1).cpu().tolist()
-    top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
+    host = to_host(maps=maps, references=result.references, predicted=result.logits.argmax(1), top_p=top_p,
+                   top_i=top_i, **decisions)
+    return _Explained(group, rels, labels, host, raw)
+
+
+def _write_group(explained: _Explained, cfg: GenerateConfig, setup: RunSetup, todo: _Todo, writer: MapWriter,
+                 summary: Summary) -> None:
+    """Hand the maps and index lines of an explained group to ``writer`` (once its copies have arrived)."""
+    engine, concepts = setup.engine, setup.concepts
+    host = explained.host.wait()
+    group, rels, labels, raw, x = explained.group.items, explained.rels, explained.labels, explained.raw, \
+        explained.group.images
+    refs = host["references"].tolist()
+    if concepts is None:
+        targets = host["targets"].tolist()
+        references = [{mode.name: _ranked(r, mode) for mode in engine.modes} for r in refs]  # refs [B, K]
+    else:
+        targets = [list(range(len(concepts.names)))] * len(rels)
+        references = [[{mode.name: _ranked(r, mode) for mode in engine.modes} for r in per_concept]
+                      for per_concept in refs]  # refs [B, K concepts, R]
+    maps_cpu = host["maps"]
+    predicted = host["predicted"].tolist()
+    top_p, top_i = host["top_p"].tolist(), host["top_i"].tolist()
     for b, (item, rel) in enumerate(zip(group, rels)):
         m = maps_cpu[b]
         if cfg.save_size == "original":

@@ -20,6 +20,7 @@ costs one more copy of each weight in memory.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,16 @@ class PackedLinear(nn.Linear):
 
     def packed_weight(self, x: torch.Tensor, transposed: bool) -> torch.Tensor:
         """The weight (``[out, in]``, or ``[in, out]`` when ``transposed``) in oneDNN's layout."""
+        return self.pack(x.numel() // x.shape[-1], transposed)
+
+    def pack(self, rows: int, transposed: bool = False) -> torch.Tensor:
+        """:meth:`packed_weight` for inputs of ``rows`` rows (a hint for oneDNN's blocking; any batch size works
+        afterwards), packed now unless it is already."""
         w = self.weight
         key = (w.data_ptr(), w._version)
         hit = self._packed.get(transposed)
         if hit is None or hit[0] != key:
             source = w.detach().t().contiguous() if transposed else w.detach()
-            rows = x.numel() // x.shape[-1]  # a hint for oneDNN's blocking; any batch size works afterwards
             hit = self._packed[transposed] = (key, torch.ops.mkldnn._reorder_linear_weight(source, rows))
         return hit[1]
 
@@ -128,3 +133,15 @@ def pack_linears(module: nn.Module) -> int:
                 setattr(parent, name, PackedLinear.from_linear(child))
                 swapped += 1
     return swapped
+
+
+def prepack(module: nn.Module, rows: Callable[[str], int]) -> int:
+    """Pack the forward weight of every :class:`PackedLinear` of ``module`` now, as its first forward would
+    (``rows(name)``: the rows of the input the layer named ``name`` will see); returns how many were packed.
+    A run does this while its first batch is decoded, so that the first forward does not."""
+    packed = 0
+    for name, layer in module.named_modules():
+        if isinstance(layer, PackedLinear) and layer.weight.dtype == torch.float32 and layer.weight.device.type == "cpu":
+            layer.pack(rows(name))
+            packed += 1
+    return packed

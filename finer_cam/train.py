@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from . import __version__, checks
 from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, patch_multiple,
                    walk_images)
-from .device import PRECISIONS, autocast, resolve_device
+from .device import PRECISIONS, autocast, loader_workers, resolve_device
 from .errors import FinerCamError
 from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, claim_output, json_text, write_json
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
@@ -59,7 +59,7 @@ class TrainConfig:
     normalize: str | None = None  # None: imagenet for DINOv2, clip for CLIP
     augment: bool = False
     feature_cache: str | None = None
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # device.loader_workers
     device: str = "auto"
     precision: str = "fp32"
     resume: bool = False
@@ -347,6 +347,7 @@ def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRe
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg)
     device = resolve_device(cfg.device)
+    cfg = replace(cfg, num_workers=loader_workers(cfg.num_workers, device))  # auto: what the machine has
     split = find_split(cfg.data_root, cfg.val_fraction, cfg.seed)
     claim_output(out, "output_dir", root=cfg.data_root, image_folders={p.parent for p, _ in split.train + split.val},
                  writes=OUTPUTS)

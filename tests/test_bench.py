@@ -52,3 +52,23 @@ def test_ablate_toy_runs(tmp_path):
     assert "| baseline_r123 |" in out and "| finer |" in out
     results = json.loads((tmp_path / "ablations.json").read_text())
     assert set(results) == {"gradcam@last", "gradcam@block:2"}
+
+
+@pytest.mark.slow
+def test_bench_pipeline_runs():
+    out = _run("bench/bench_pipeline.py", "--images", "2", "--batch", "1", "--arch", "vit_small", "--startup_repeat",
+               "1", "--write_maps", "4")
+    for part in ("pipeline ceiling", "compute floor", "lower floor", "the overlapped bound", "MB/s",
+                 "feature extraction", "evaluate.py", "first explained image"):
+        assert part in out, (part, out)
+
+
+@pytest.mark.slow
+def test_gpu_check_starts_and_finishes_on_the_cpu():
+    """bench/gpu_check.sh with DEVICE=cpu: every command it runs on a GPU, at a tiny size."""
+    import os
+
+    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("compute floor") == 2 and "torchcam" in done.stdout and "vs pil fp32" in done.stdout
