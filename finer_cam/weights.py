@@ -15,9 +15,10 @@ from dinov2 import CheckpointError, hub
 
 from .errors import ArgumentError, FinerCamError
 from .progress import BarFactory
+from .shipped import shipped_file
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-LOCAL = {"dinov2": REPOSITORY / "pretrained_models" / "dinov2", "clip": REPOSITORY / "pretrained_models" / "clip"}
+# where the official Finer-CAM README puts the files, in a checkout (finer_cam.shipped)
+LOCAL = {"dinov2": shipped_file("pretrained_models/dinov2"), "clip": shipped_file("pretrained_models/clip")}
 
 
 def checkpoint_names(kind: str) -> tuple[str, ...]:
