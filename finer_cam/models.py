@@ -173,7 +173,7 @@ def register_toy_arch() -> None:
 
 def _load_dinov2(path: str, arch: str) -> DinoVisionTransformer:
     register_toy_arch()
-    return load_dinov2(path, arch=arch, map_location="cpu")
+    return load_dinov2(path, arch=arch, map_location="cpu", reader=load_state_dict_file)
 
 
 BACKBONES: dict[str, BackboneKind] = {
@@ -184,7 +184,7 @@ BACKBONES: dict[str, BackboneKind] = {
         classifier=lambda backbone, head, pool: Classifier(backbone, head)),
     "clip": BackboneKind(
         name="clip", backbone_class=clip.VisionTransformer, default_model="ViT-B/16", normalize="clip",
-        load=lambda path, arch: clip.load_model(path).visual,
+        load=lambda path, arch: clip.load_model(path, reader=load_state_dict_file).visual,
         native_size=lambda backbone: backbone.input_resolution, feature_dim=lambda backbone: backbone.output_dim,
         shape=_clip_shape, classifier=lambda backbone, head, pool: ClipClassifier(backbone, head, pool)),
 }
@@ -328,7 +328,7 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
     embeddings times CLIP's logit scale. The text embeddings are computed here, once."""
     model_path = _checkpoint_file(model_path, "clip")
     try:
-        model = clip.load_model(model_path)
+        model = clip.load_model(model_path, reader=load_state_dict_file)
         tokens = clip.tokenize(texts, context_length=model.context_length, truncate=truncate)
     except clip.ClipCheckpointError as exc:
         raise FinerCamError(str(exc)) from None

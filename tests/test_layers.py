@@ -52,3 +52,61 @@ print(arch_name(backbone))
     done = _python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["vit_toy"]
+
+
+_WITHOUT_FINER_CAM = """
+import importlib.abc, sys
+class NoFinerCam(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "finer_cam" or name.startswith("finer_cam."):
+            raise ImportError(f"{name} imported by the model code")
+sys.meta_path.insert(0, NoFinerCam())
+"""
+
+
+def test_dinov2_and_clip_work_with_finer_cam_unimportable(tmp_path):
+    """Both packages import, load and download (torch.hub's download, from a file:// mirror) with every import
+    of ``finer_cam`` refused."""
+    code = _WITHOUT_FINER_CAM + f"""
+import os, pathlib, torch
+root = pathlib.Path({str(tmp_path)!r})
+os.environ["TORCH_HOME"] = str(root / "torch")
+import dinov2, dinov2.hub as hub, clip, clip.tokenizer, clip.torchscript
+config = dinov2.ViTConfig(embed_dim=64, depth=1, num_heads=1, img_size=28)
+torch.manual_seed(0)
+model = dinov2.DinoVisionTransformer(config).eval()
+(root / "mirror" / "dinov2_vits14").mkdir(parents=True)
+torch.save(model.state_dict(), root / "mirror" / "dinov2_vits14" / "dinov2_vits14_pretrain.pth")
+os.environ[hub.DINOV2_URL_ENV] = (root / "mirror").as_uri()
+try:
+    hub.dinov2_checkpoint("dinov2_vits14")
+    raise SystemExit("a file of another size was kept")
+except hub.WrongModel as exc:
+    assert "not dinov2_vits14" in str(exc), exc
+assert not (root / "torch" / "hub" / "checkpoints" / "dinov2_vits14_pretrain.pth").exists()
+hub.NAMED_CONFIGS["dinov2_vits14"] = config
+path = hub.dinov2_checkpoint("dinov2_vits14")
+loaded = dinov2.load_dinov2(str(path))
+x = torch.randn(1, 3, 28, 28)
+assert torch.equal(loaded(x), model(x))
+assert clip.tokenize(["a red crown"]).shape == (1, 77)
+print("ok", sorted(m for m in sys.modules if m.split(".")[0] == "finer_cam"))
+"""
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "ok []"
+    files = [p.name for p in (tmp_path / "torch" / "hub" / "checkpoints").iterdir()]
+    assert files == ["dinov2_vits14_pretrain.pth"]  # no partial file left behind
+
+
+def test_the_model_packages_import_only_torch_and_themselves():
+    """No module of dinov2/ or clip/ names finer_cam in an import (read off their source)."""
+    import ast
+
+    for package in ("dinov2", "clip"):
+        for path in (REPO / package).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                assert not any(n.split(".")[0] == "finer_cam" for n in names), f"{path}: imports {names}"
