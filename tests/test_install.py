@@ -71,10 +71,13 @@ def test_the_library_imports_from_another_folder(venv, tmp_path):
             "from finer_cam.data import DEFAULT_CLASS_LIST; from clip.tokenizer import VOCAB_FILE; "
             "from finer_cam.generate import DEFAULT_HEAD; from finer_cam.shipped import shipped_file; "
             "print(json.dumps([m.__file__ for m in (finer_cam, clip, dinov2)] + [str(DEFAULT_CLASS_LIST), "
-            "str(VOCAB_FILE), str(shipped_file(DEFAULT_HEAD)), clip.tokenize(['a bird']).shape[1]]))")
+            "str(VOCAB_FILE), str(shipped_file(DEFAULT_HEAD)), clip.tokenize(['a bird']).shape[1], "
+            "__import__('importlib.metadata').metadata.requires('finer-cam')]))")
     done = _run([str(bin_dir / "python"), "-c", code], tmp_path)
     assert done.returncode == 0, done.stderr
-    *modules, class_list, vocab, head, context = json.loads(done.stdout)
+    *modules, class_list, vocab, head, context, requires = json.loads(done.stdout)
+    listed = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert requires == [line for line in listed if line and not line.startswith("#")]  # requirements.txt, once
     home = source if how == "editable" else bin_dir.parent / "lib"
     for path in (*modules, class_list, vocab, head):
         assert Path(path).is_relative_to(home) and not Path(path).is_relative_to(REPO), path
