@@ -15,7 +15,9 @@ test-deps: install
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
+# the linter first (its rules are in pyproject.toml), then the whole suite
 test: test-deps
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q tests
 
 # the tests not marked slow (pytest.ini), about a minute on two CPU cores

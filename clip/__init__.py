@@ -5,6 +5,7 @@ from .clip import (ARCHS, CLIP_URL, CLIP_URL_ENV, MEAN, STD, available_models, c
 from .model import CLIP, ClipCheckpointError, ClipConfig, VisionTransformer, build_model, config_from_state_dict
 from .tokenizer import ContextLengthError, SimpleTokenizer, tokenize
 
-__all__ = ["ARCHS", "CLIP", "CLIP_URL", "CLIP_URL_ENV", "available_models", "checkpoint", "model_url", "MEAN", "STD", "ClipCheckpointError", "ClipConfig", "ContextLengthError",
+__all__ = ["ARCHS", "CLIP", "CLIP_URL", "CLIP_URL_ENV", "available_models", "checkpoint", "model_url", "MEAN", "STD",
+           "ClipCheckpointError", "ClipConfig", "ContextLengthError",
            "SimpleTokenizer", "VisionTransformer", "build_model", "config_from_state_dict", "is_torchscript",
            "load", "load_model", "preprocess_for", "read_state_dict", "tokenize"]

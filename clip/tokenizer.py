@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import gzip
 import html
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-VOCAB_FILE = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+VOCAB_FILE = Path(str(resources.files(__package__) / "bpe_simple_vocab_16e6.txt.gz"))  # package data
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 NUM_MERGES = 49152 - 256 - 2  # the merges OpenAI's vocabulary uses (the file holds more)

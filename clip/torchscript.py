@@ -171,6 +171,16 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(data.untyped_storage(), dtype)
 
 
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl`` and ``code/``) rather than a
+    ``torch.save`` file."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def _check_not_a_bomb(info: zipfile.ZipInfo) -> None:
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1000 * max(info.compress_size, 1):
         raise _Refused(f"{info.filename} expands {info.file_size} bytes from {info.compress_size} "

@@ -3,15 +3,50 @@
 from __future__ import annotations
 
 import math
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finer_cam.checkpoints import CheckpointError, load_state_dict_file
-
 from .layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
 from .layers.mlp import swiglu_hidden
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that does not fit the model asked for."""
+
+
+def read_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` file, read with ``weights_only=True`` (memory-mapped where the file
+    allows it), unwrapped from a ``{"model": ...}``, ``{"state_dict": ...}`` or ``{"teacher": ...}`` wrapper. A
+    pickle holding anything but tensors and plain containers is refused before any of it runs."""
+    try:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location=map_location, weights_only=True)  # the legacy (tar) format
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors, which could run "
+                              "code when loaded (only weights-only checkpoints are read)") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint ({type(exc).__name__})") from None
+    for key in ("model", "state_dict", "teacher"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+# (path, map_location) -> state dict, raising CheckpointError: read_state_dict, or an application's own reader
+StateDictReader = Callable[[str, "str | torch.device"], dict]
 
 
 @dataclass(frozen=True)
@@ -199,7 +234,7 @@ def config_from_state_dict(state: dict[str, torch.Tensor], arch: str = "auto") -
         return found
     if arch not in ARCHS:
         raise CheckpointError(f"unknown architecture {arch!r}; known: auto, {', '.join(sorted(ARCHS))} "
-                              "(register_arch adds a size; finer_cam.models registers the toy world's vit_toy)")
+                              "(register_arch adds a size)")
     want = ARCHS[arch]
     guess = next((n for n, c in ARCHS.items() if (c.embed_dim, c.depth, c.num_register_tokens)
                   == (d, depth, registers)), None)
@@ -213,9 +248,11 @@ def config_from_state_dict(state: dict[str, torch.Tensor], arch: str = "auto") -
     return replace(want, patch_size=patch, img_size=side * patch)
 
 
-def load_dinov2(path: str, arch: str = "auto", map_location: str | torch.device = "cpu") -> DinoVisionTransformer:
-    """Build the model that ``path`` (an official DINOv2 state dict) describes and load it strictly."""
-    state = load_state_dict_file(path, map_location)
+def load_dinov2(path: str, arch: str = "auto", map_location: str | torch.device = "cpu",
+                reader: StateDictReader = read_state_dict) -> DinoVisionTransformer:
+    """Build the model that ``path`` (an official DINOv2 state dict) describes and load it strictly;
+    ``reader`` reads the file (:func:`read_state_dict` unless an application brings its own)."""
+    state = reader(path, map_location)
     try:
         config = config_from_state_dict(state, arch)
     except CheckpointError as exc:
@@ -239,5 +276,5 @@ def build(arch: str, **overrides) -> DinoVisionTransformer:
     """A randomly initialised model of a registered architecture (``overrides`` change config fields)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))} (register_arch adds a "
-                         "size; finer_cam.models registers the toy world's vit_toy)")
+                         "size)")
     return DinoVisionTransformer(replace(ARCHS[arch], **overrides))

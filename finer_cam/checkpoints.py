@@ -1,5 +1,7 @@
-"""Reading checkpoint files safely: the one weights-only state-dict reader that the DINOv2 and CLIP loaders
-(``dinov2/``, ``clip/``) and the head loader share.
+"""Reading checkpoint files safely: the project's weights-only state-dict reader, which it hands to the DINOv2
+and CLIP loaders (``dinov2.load_dinov2(..., reader=)``, ``clip.load_model(..., reader=)``) and uses for heads.
+It adds to their own small readers the refusal, by its first bytes, of a file that is no checkpoint (an HTML
+page saved under the file's name) and of a TorchScript archive given as a state dict.
 
 Nothing is unpickled but tensors and plain containers (``torch.load(..., weights_only=True)``), so a file
 cannot run code when it is read.
@@ -8,24 +10,14 @@ cannot run code when it is read.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
+from clip.torchscript import is_torchscript
+from dinov2 import CheckpointError
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or that does not fit the model asked for."""
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl`` and ``code/``) rather than a
-    ``torch.save`` file."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+__all__ = ["CheckpointError", "is_torchscript", "load_state_dict_file"]
 
 
 def load_state_dict_file(path: str, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

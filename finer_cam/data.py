@@ -10,6 +10,7 @@ import threading
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import logging
@@ -28,7 +29,7 @@ NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
-DEFAULT_CLASS_LIST = Path(__file__).with_name("resources") / "stanford_cars_classes.txt"
+DEFAULT_CLASS_LIST = Path(str(resources.files(__package__) / "resources" / "stanford_cars_classes.txt"))  # package data
 # The pixel limit is ours (``max_pixels``, the CLIs' --max_pixels), checked on the header before decoding, by
 # open_image, the one function that opens image files. PIL's own process-wide limit (Image.MAX_IMAGE_PIXELS)
 # is left as the process has it, lifted only while open_image reads a header (ours replaces it there).

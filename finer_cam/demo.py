@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from .shipped import project_root, shipped_file
 from .toy import DEFAULT_ROOT, DEFAULT_WEIGHTS, ToyConfig, write_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = project_root()  # where the scripts are, in a checkout or an installed package
 
 
 def _run(argv: list[str], log) -> None:
@@ -32,7 +33,8 @@ def _run(argv: list[str], log) -> None:
         raise SystemExit(f"demo: step failed with exit status {result.returncode}: {shlex.join(argv)}")
 
 
-def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT, weights: str | Path = DEFAULT_WEIGHTS,
+def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT,
+             weights: str | Path = shipped_file(DEFAULT_WEIGHTS),
              toy: ToyConfig = ToyConfig(), overlays: int = 16, steps: int = 10, workers: int = 2, log=print,
              probe_images: int = 100) -> dict:
     """Run the pipeline; returns the paths of what it wrote."""
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="where everything goes")
     p.add_argument("--data", default=DEFAULT_ROOT, help="the toy data set (generated when missing)")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="the toy backbone")
+    p.add_argument("--weights", default=shipped_file(DEFAULT_WEIGHTS),
+                   help="the toy backbone (default: the shipped one)")
     args = p.parse_args(argv)
     run_demo(args.out, args.data, args.weights)
     return 0

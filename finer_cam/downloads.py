@@ -1,7 +1,8 @@
 """Files fetched once with the standard library: verified, never half-written, each failure one line.
 
-:func:`download` serves the DINOv2 names (``dinov2.hub``) and ``clip.load`` (OpenAI's checkpoints, checked against
-the sha256 in their URL). ``FINER_CAM_OFFLINE=1`` forbids every download.
+:func:`download` is the ``fetch`` that :mod:`finer_cam.weights` hands to ``dinov2.hub`` (the DINOv2 names) and
+``clip.checkpoint`` (OpenAI's checkpoints, checked against the sha256 in their URL), so every named checkpoint
+the project fetches comes through it. ``FINER_CAM_OFFLINE=1`` forbids every such download.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClas
 from .pipeline import HostCopy, Prefetcher, to_host
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, SIMILARITIES, parse_modes
+from .shipped import shipped_file
 from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
@@ -39,7 +40,6 @@ SAVE_SIZES = ("input", "grid", "original")
 # the shipped official Stanford Cars head (pretrained_models/README.md), found from any working folder;
 # train_classifier.py writes its heads beside it (pretrained_models/classifier/best_classifier.pth), never over it
 DEFAULT_HEAD = "pretrained_models/classifier/stanford_cars/classifier_cars_DINO.pth"
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -223,7 +223,7 @@ def _load(cfg: GenerateConfig, device: torch.device, progress: BarFactory | None
         model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
         return _Loaded(model, Path(model_path), concepts.class_names, None, None, concepts, {})
-    head_path = cfg.classifier_path or str(REPOSITORY / DEFAULT_HEAD)
+    head_path = cfg.classifier_path or str(shipped_file(DEFAULT_HEAD))
     if is_special(head_path):  # before any weights are downloaded
         raise FinerCamError(f"{head_path}: not a regular file (a FIFO, device or socket)")
     if not Path(head_path).is_file():

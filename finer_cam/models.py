@@ -158,20 +158,33 @@ def _clip_shape(backbone: nn.Module) -> dict:
             "depth": len(backbone.blocks), "patch_size": backbone.patch_size}
 
 
-# The toy world's backbone (finer_cam/toy.py) is one more DINOv2 size: registered here, where every script's
-# loading goes through, so that it is built and loaded by name (--arch vit_toy) or read off its checkpoint.
+# The toy world's backbone (finer_cam/toy.py) is one more DINOv2 size. It is registered by the functions that
+# load or name a DINOv2 backbone (every script's loading goes through them), never at import: importing this
+# module leaves dinov2's registry as it is.
 TOY_ARCH = "vit_toy"
-register_arch(TOY_ARCH, ViTConfig(embed_dim=128, depth=4, num_heads=2, img_size=224))  # a 16x16 grid at 224
+TOY_CONFIG = ViTConfig(embed_dim=128, depth=4, num_heads=2, img_size=224)  # a 16x16 grid at 224
+
+
+def register_toy_arch() -> None:
+    """Add ``vit_toy`` to :data:`dinov2.ARCHS` (again is a no-op), so that it is built and loaded by name
+    (``--arch vit_toy``) or read off its checkpoint."""
+    register_arch(TOY_ARCH, TOY_CONFIG)
+
+
+def _load_dinov2(path: str, arch: str) -> DinoVisionTransformer:
+    register_toy_arch()
+    return load_dinov2(path, arch=arch, map_location="cpu", reader=load_state_dict_file)
+
 
 BACKBONES: dict[str, BackboneKind] = {
     "dinov2": BackboneKind(
         name="dinov2", backbone_class=DinoVisionTransformer, default_model="dinov2_vitb14", normalize="imagenet",
-        load=lambda path, arch: load_dinov2(path, arch=arch, map_location="cpu"),
+        load=_load_dinov2,
         native_size=lambda backbone: 224, feature_dim=lambda backbone: backbone.embed_dim, shape=_dinov2_shape,
         classifier=lambda backbone, head, pool: Classifier(backbone, head)),
     "clip": BackboneKind(
         name="clip", backbone_class=clip.VisionTransformer, default_model="ViT-B/16", normalize="clip",
-        load=lambda path, arch: clip.load_model(path).visual,
+        load=lambda path, arch: clip.load_model(path, reader=load_state_dict_file).visual,
         native_size=lambda backbone: backbone.input_resolution, feature_dim=lambda backbone: backbone.output_dim,
         shape=_clip_shape, classifier=lambda backbone, head, pool: ClipClassifier(backbone, head, pool)),
 }
@@ -203,6 +216,7 @@ def arch_name(backbone: nn.Module, asked: str = "auto") -> str:
     the checkpoint; ``asked`` for a CLIP tower or a shape that has no name."""
     if backbone_kind(backbone).name != "dinov2":
         return asked
+    register_toy_arch()
     c = backbone.config
     return next((name for name, a in ARCHS.items() if (a.embed_dim, a.depth, a.num_register_tokens, a.ffn)
                  == (c.embed_dim, c.depth, c.num_register_tokens, c.ffn)), asked)
@@ -314,7 +328,7 @@ def load_concept_classifier(model_path: str | Path, texts: list[str], device: st
     embeddings times CLIP's logit scale. The text embeddings are computed here, once."""
     model_path = _checkpoint_file(model_path, "clip")
     try:
-        model = clip.load_model(model_path)
+        model = clip.load_model(model_path, reader=load_state_dict_file)
         tokens = clip.tokenize(texts, context_length=model.context_length, truncate=truncate)
     except clip.ClipCheckpointError as exc:
         raise FinerCamError(str(exc)) from None

@@ -371,8 +371,9 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     from dinov2 import build
 
     from .data import NORMALIZATIONS
-    from .models import TOY_ARCH
+    from .models import TOY_ARCH, register_toy_arch
 
+    register_toy_arch()
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)

@@ -146,12 +146,13 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_dinov2_knows_only_the_official_sizes_and_takes_more_by_registration():
-    """The toy world's size is registered by finer_cam.models, not written into dinov2/; a name cannot be
-    registered twice with different configurations."""
+    """The toy world's size is registered by finer_cam's loaders when they run, not written into dinov2/ and
+    not at import; a name cannot be registered twice with different configurations."""
     import subprocess
     import sys
 
     code = ("import dinov2; assert 'vit_toy' not in dinov2.ARCHS, 'dinov2 knows the toy'; import finer_cam.models; "
+            "assert 'vit_toy' not in dinov2.ARCHS, 'importing registered it'; finer_cam.models.register_toy_arch(); "
             "assert dinov2.build('vit_toy').embed_dim == 128")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr

@@ -120,10 +120,10 @@ def test_a_redirect_loop_is_one_line(server, tmp_path):
 
 def test_an_html_page_served_as_weights_is_called_an_html_page(server, tmp_path, monkeypatch):
     monkeypatch.setenv(hub.DINOV2_URL_ENV, server.url + "/nothing")
-    monkeypatch.setattr(hub, "dinov2_url", lambda name: server.url + "/html")
+    monkeypatch.setattr(hub, "dinov2_url", lambda name, base=None: server.url + "/html")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(downloads.DownloadError) as info:
-        hub.dinov2_checkpoint("dinov2_vits14")
+        weights.dinov2_checkpoint("dinov2_vits14")
     message = str(info.value)
     assert "looks like an HTML page" in message and "could run code" not in message and "\n" not in message
     assert partials(cache(tmp_path)) == [] and not (cache(tmp_path) / "dinov2_vits14_pretrain.pth").exists()

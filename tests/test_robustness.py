@@ -19,13 +19,14 @@ import evaluate
 import generate_cam
 import train_classifier
 import visualize
-from dinov2 import ARCHS, DinoVisionTransformer
+from dinov2 import DinoVisionTransformer
 from finer_cam import io as fio
 from finer_cam.cam import normalize_maps, resize_maps
 from finer_cam.data import find_images, read_class_names
 from finer_cam.errors import ArgumentError, FinerCamError, speak_of_flags
 from finer_cam.evaluate import EvaluateConfig, EvaluateResult, _read_boxes, format_table
 from finer_cam.generate import GenerateConfig
+from finer_cam.models import TOY_CONFIG
 from finer_cam.overlay import fit_map
 from finer_cam.train import TrainConfig
 
@@ -173,7 +174,7 @@ def test_generate_resume_checks_precision_and_decoding_and_records_them(world, c
 
 def test_a_folder_made_with_arch_auto_resumes_with_the_name_it_resolved_to(world, capsys):
     torch.manual_seed(0)
-    torch.save(DinoVisionTransformer(ARCHS["vit_toy"]).state_dict(), world / "toy.pth")
+    torch.save(DinoVisionTransformer(TOY_CONFIG).state_dict(), world / "toy.pth")
     torch.save(torch.nn.Linear(128, 3).state_dict(), world / "toy_head.pth")
     flags = ("--model_path", str(world / "toy.pth"), "--classifier_path", str(world / "toy_head.pth"))
     assert generate(world, *flags) == 0

@@ -14,6 +14,7 @@ import pytest
 import finer_cam.toy as toy
 import train_classifier
 from dinov2 import load_dinov2
+from finer_cam.models import register_toy_arch
 from finer_cam.demo import run_demo
 from finer_cam.toy import (DEFAULT_WEIGHTS, GROUPS, LABELS, PART_COLOURS, REGIONS, ToyConfig, class_attributes,
                            differing_parts, premise_checks, read_mask, render, write_dataset)
@@ -153,6 +154,7 @@ def test_the_toy_commands_run(tmp_path):
     done = run("backbone", "--root", str(root), "--train_per_class", "2", "--test_per_class", "1",
                "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(again), "--workers", "1")
     assert done.returncode == 0 and again.read_bytes() == out.read_bytes()  # the same file, bit for bit
+    register_toy_arch()  # what every loader in finer_cam does first
     backbone = load_dinov2(str(out), arch="vit_toy")
     assert backbone.embed_dim == 128 and backbone.patch_embed.proj.weight.shape[-1] == 14
     done = run("premise", "--root", str(root), "--head", str(tmp_path / "nothing.pth"))

@@ -20,7 +20,7 @@ from conftest import save_tiny_classifier, tiny_clip, torchscript_archive, write
 import clip
 import generate_cam
 import train_classifier
-from dinov2 import CheckpointError, hub
+from dinov2 import hub
 from finer_cam import downloads
 from finer_cam import weights
 from finer_cam.errors import FinerCamError
@@ -261,8 +261,11 @@ def test_clip_file_of_the_wrong_hash_is_refused_and_not_kept(env, monkeypatch):
     tmp_path, server, _ = env
     path = next(p for p in server.files if p.startswith("/clip/"))
     server.files[path] = server.files[path][:-1] + b"x"
-    with pytest.raises(CheckpointError, match="sha256"):
+    with pytest.raises(clip.ClipCheckpointError, match="sha256"):  # clip's own download
         clip.load("ViT-B/16", device="cpu")
+    assert list((tmp_path / "home" / ".cache" / "clip").iterdir()) == []
+    with pytest.raises(FinerCamError, match="sha256"):  # the project's
+        weights.resolve_weights("ViT-B/16", "clip")
     assert list((tmp_path / "home" / ".cache" / "clip").iterdir()) == []
 
 
