@@ -129,7 +129,10 @@ def _as_given(path: Path) -> Path:
     """``path`` absolute, with ``.`` and ``..`` folded, its symbolic links left as they are."""
     if "\0" in str(path):
         raise ValueError("a NUL character in the path")
-    return Path(os.path.abspath(path))
+    text = os.path.abspath(path)
+    if text.startswith("//"):  # POSIX keeps a leading "//" apart from "/"; on Linux and macOS both are the root
+        text = "/" + text.lstrip("/")
+    return Path(text)
 
 
 # ----------------------------------------------------------------------------------------------- class names

@@ -42,3 +42,13 @@ def test_folder_search_is_sorted_and_recursive(tmp_path):
         p.write_bytes(b"")
     images = find_images(tmp_path)
     assert [images.relative(p) for p in images.paths] == ["a/1.jpg", "a/x/3.JPG", "b/2.png"]
+
+
+def test_a_list_line_with_a_leading_double_slash_is_under_the_root(tmp_path):
+    # POSIX lets "//x" differ from "/x"; Linux does not, and the list's root must hold every image
+    write_image(tmp_path / "a" / "x.jpg")
+    listing = tmp_path / "list.txt"
+    listing.write_text("/" + str(tmp_path / "a" / "x.jpg") + "\n")
+    images = find_images(listing)
+    assert images.paths == [tmp_path / "a" / "x.jpg"]
+    assert images.relative(images.paths[0]) == "x.jpg"
