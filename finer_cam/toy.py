@@ -32,6 +32,7 @@ import colorsys
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -146,14 +147,27 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], sigma: float = 
     return tuple(int(np.clip(c + rng.normal(0, sigma), 0, 255)) for c in rgb)
 
 
-def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Image, Image.Image, dict]:
+def render(cfg: ToyConfig, split: str, cls: int, index: int,
+           swap: Mapping[str, str] | None = None) -> tuple[Image.Image, Image.Image, dict]:
     """Image ``index`` of class ``cls`` in ``split``: an RGB image, its label map (:data:`REGIONS`, 0 the
     background) and what was drawn (group, colours in [0, 1], facing, the car's box as fractions of the
-    image)."""
+    image).
+
+    ``swap`` (region -> class name) draws the same image again, with the same random draws, each named region
+    in that class's look: a counterfactual. The wheels, badge and light take the other class's colour; the
+    roof box its group's colour; the body its group's colour family (its shape stays, so the label map is the
+    original's and the drawing changes inside the swapped region only).
+    """
     rng = _rng(cfg.seed, split, cls, index)
     name = cfg.class_names[cls]
     group = class_parts(name)[0]
     looks = class_attributes(name)
+    for region, other in (swap or {}).items():
+        if region not in REGIONS:
+            raise FinerCamError(f"swap: {region!r} is not a region ({', '.join(REGIONS)})")
+        if other not in cfg.class_names:
+            raise FinerCamError(f"swap: {other!r} is not a class of this toy world")
+        looks[region] = class_attributes(other)[region]
     body = GROUPS[group]
     scale = 2  # drawn at twice the size, then downsampled: smooth edges
     side = cfg.image_size * scale
@@ -173,14 +187,14 @@ def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Imag
         (xa, ya), (xb, yb) = corner_a, corner_b
         return [min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)]
 
-    hue = (body["hue"] + rng.uniform(-0.035, 0.035)) % 1.0
+    hue = (GROUPS[looks["body"]]["hue"] + rng.uniform(-0.035, 0.035)) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.9), rng.uniform(0.5, 0.9))
     paint = tuple(int(255 * c) for c in rgb)
     draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     # the roof box, under the body's top edge
     u0, u1, top = body["roof"]
     roof = box(at(u0, top + 0.02), at(u1, top + 0.02 - ROOF_HEIGHT * length / height))
-    roof_rgb = _jitter(rng, body["roof_rgb"])
+    roof_rgb = _jitter(rng, GROUPS[looks["roof"]]["roof_rgb"])
     draw.rectangle(roof, fill=roof_rgb)
     mdraw.rectangle(roof, fill=REGIONS["roof"])
     outline = [at(u, v) for u, v in body["body"]]
@@ -349,8 +363,8 @@ def patch_labels(shares: np.ndarray, states: np.ndarray, names: list[str]) -> np
 
 
 def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_size: int = 32, lr: float = 1e-3,
-                   seed: int = 0, threads: int = 2, image_parts: float = 1.0, limit: int | None = None,
-                   device: str = "cpu", progress=None) -> dict:
+                   seed: int = 0, threads: int = 2, image_parts: float = 1.0, readout: str = "separate",
+                   limit: int | None = None, device: str = "cpu", progress=None) -> dict:
     """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split under ``root`` and save
     it in the official checkpoint layout. Returns what was measured (seconds, images, final loss).
 
@@ -360,6 +374,11 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     (the mean of the normalised patch tokens, what the classifier reads) it names the body type and colour,
     and, weighted by ``image_parts``, the look of each part. Such features keep visual
     similarity, as DINOv2's self-supervised ones do: siblings, which differ in one or two parts, stay close.
+    ``readout`` says how the pooled features name the parts' looks: ``separate``, a linear readout of their
+    own (the shipped file); ``tied``, the per-token look readout applied to the mean of the tokens (which is
+    the mean of the per-token readouts), restricted to each part's own looks, so that the pooled features name
+    a look in the same directions a token that shows the part does, and every token off the parts is taught to
+    prefer none of a part's looks.
     ``limit`` trains on the first images only (tests).
     """
     import time
@@ -392,8 +411,13 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
 
     backbone = build(TOY_ARCH, img_size=x_train.shape[1])
     backbone.init_weights(torch.Generator().manual_seed(seed))
+    if readout not in ("separate", "tied"):
+        raise FinerCamError(f"readout {readout!r}: expected 'separate' or 'tied'")
     n_regions, n_states = 1 + len(REGIONS), len(state_names)
-    image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + len(PARTS) * n_states)
+    tied = readout == "tied"
+    image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + (0 if tied else len(PARTS) * n_states))
+    # each part's own looks, as indices into state_names (tied readout: the softmax is over these only)
+    own = [[k for k, n in enumerate(state_names) if n.startswith(f"{part}:")] for part in PARTS]
     token_head = torch.nn.Linear(backbone.embed_dim, n_regions + n_states + n_groups)
     for module in (backbone, image_head, token_head):
         module.to(device)
@@ -402,7 +426,13 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
         guess = image_head(tokens.mean(1))
         loss = F.cross_entropy(guess[:, :n_groups], on_device(groups[i])) + \
             F.mse_loss(guess[:, n_groups:n_groups + 3], on_device(body_rgb[i]))
-        if image_parts:
+        if image_parts and tied:
+            looks = token_head(tokens.mean(1))[:, n_regions:n_regions + n_states]  # = the mean of the tokens' readouts
+            target = on_device(states[i])
+            for p, ks in enumerate(own):
+                within = (target[:, p:p + 1] == on_device(np.array(ks))).float().argmax(1)
+                loss = loss + image_parts / len(PARTS) * F.cross_entropy(looks[:, ks], within)
+        elif image_parts:
             looks = guess[:, n_groups + 3:].reshape(len(i), len(PARTS), n_states)
             loss = loss + image_parts * F.cross_entropy(looks.flatten(0, 1), on_device(states[i]).flatten())
         return loss
@@ -416,6 +446,9 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
         if on_part.any():
             look = on_device(states[i]).gather(1, part)  # [B, N]
             loss = loss + F.cross_entropy(guess[..., n_regions:n_regions + n_states][on_part], look[on_part])
+        if tied and (~on_part).any():  # a token off the parts prefers no part's look (the readout is shared)
+            off = guess[..., n_regions:n_regions + n_states][~on_part]
+            loss = loss + sum(-F.log_softmax(off[:, ks], -1).mean(-1).mean() for ks in own) / len(PARTS)
         on_car = shares[..., 0] <= 0.7
         if on_car.any():
             group = on_device(groups[i]).unsqueeze(1).expand_as(on_car)
@@ -450,7 +483,7 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     state = {k: v.detach().cpu().clone().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write_bytes(Path(out), lambda f: torch.save(state, f))
     return {"seconds": round(seconds, 1), "epochs": epochs, "steps": step, "train_images": int(len(groups)),
-            "device": str(device), "threads": threads,
+            "device": str(device), "threads": threads, "image_parts": image_parts, "readout": readout,
             "final_loss": round(float(loss.item()), 4)}
 
 
@@ -563,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--image_parts", type=float, default=1.0,
                    help="weight of the image-level target 'the look of each part' on the pooled features; 0 "
                         "leaves the parts' looks to their own tokens")
+    b.add_argument("--readout", choices=("separate", "tied"), default="separate",
+                   help="how the pooled features name the parts' looks: a readout of their own (the shipped file) or "
+                        "the per-token look readout applied to the mean of the tokens")
     pr = sub.add_parser("premise", help="measure the premise checks (locality probe, head accuracy, look-alike "
                         "siblings) and write them as JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pr.add_argument("--root", default=DEFAULT_ROOT, help="the toy data set")
@@ -583,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "backbone":
             report = train_backbone(args.root, args.out, epochs=args.epochs, batch_size=args.batch_size,
                                     seed=args.seed, threads=args.threads, image_parts=args.image_parts,
-                                    device=args.device,
+                                    readout=args.readout, device=args.device,
                                     progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}",
                                                                       file=sys.stderr))
             print(json.dumps(report))

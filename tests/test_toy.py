@@ -194,3 +194,44 @@ def test_demo_runs_end_to_end_on_a_reduced_size(tmp_path):
     assert any(line.startswith("$ python generate_cam.py") for line in lines)
     assert any(line.startswith("$ python -m finer_cam.toy premise") for line in lines)
     assert any("premise checks" in line for line in lines)
+
+
+@pytest.mark.parametrize("name,region,other", [("Sedan Rims", "wheels", "Sedan Beam"),
+                                               ("Hatch Badge", "badge", "Hatch Standard"),
+                                               ("Van Beam", "light", "Van Rims"),
+                                               ("Pickup Standard", "roof", "Sedan Standard"),
+                                               ("Sedan Rims", "body", "Hatch Rims")])
+def test_a_counterfactual_differs_only_inside_the_swapped_region(name, region, other):
+    """Drawn again with one region in another class's look, an image changes inside that region (and the few
+    pixels around it that resampling and blur reach) and nowhere else; its label map stays."""
+    cfg = ToyConfig()
+    cls = cfg.class_names.index(name)
+    for index in range(2):
+        image, mask, _ = render(cfg, "test", cls, index)
+        swapped, swapped_mask, drawn = render(cfg, "test", cls, index, swap={region: other})
+        labels = np.asarray(mask)
+        assert np.array_equal(labels, np.asarray(swapped_mask))
+        diff = np.abs(np.asarray(image, dtype=np.float64) - np.asarray(swapped, dtype=np.float64)).max(-1)
+        where = labels == REGIONS[region]
+        assert diff[_inner(~where, 4)].max() <= 2  # outside the region grown by 4 px
+        assert (diff[_inner(where)] > 25).mean() > 0.3
+        if region in PART_COLOURS:
+            assert drawn["looks"][region] == class_attributes(other)[region]
+
+
+@pytest.mark.parametrize("name,region,other", [("Sedan Standard", "wheels", "Sedan Rims"),
+                                               ("Pickup Standard", "light", "Pickup Beam"),
+                                               ("Van Badge", "badge", "Van Standard")])
+def test_a_counterfactual_takes_the_other_class_look(monkeypatch, name, region, other):
+    """With every class drawing the same random numbers, a class's image with the one region where it differs
+    from a sibling drawn in the sibling's look is the sibling's image, pixel for pixel."""
+    monkeypatch.setattr(toy, "_rng", lambda seed, split, cls, index: np.random.default_rng([seed, index]))
+    assert differing_parts(name, other) == [region]
+    cfg = ToyConfig()
+    a, b = cfg.class_names.index(name), cfg.class_names.index(other)
+    for index in range(2):
+        swapped, _, _ = render(cfg, "test", a, index, swap={region: other})
+        theirs, _, _ = render(cfg, "test", b, index)
+        assert np.array_equal(np.asarray(swapped), np.asarray(theirs))
+    same, _, _ = render(cfg, "test", a, 0, swap={"roof": other})  # a region both look alike in: nothing changes
+    assert np.array_equal(np.asarray(same), np.asarray(render(cfg, "test", a, 0)[0]))
