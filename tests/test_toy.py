@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import finer_cam.toy as toy
 import train_classifier
@@ -235,3 +236,57 @@ def test_a_counterfactual_takes_the_other_class_look(monkeypatch, name, region, 
         assert np.array_equal(np.asarray(swapped), np.asarray(theirs))
     same, _, _ = render(cfg, "test", a, 0, swap={"roof": other})  # a region both look alike in: nothing changes
     assert np.array_equal(np.asarray(same), np.asarray(render(cfg, "test", a, 0)[0]))
+
+
+class _PatchColours(torch.nn.Module):
+    """A model whose tokens are the patches' mean colours (one prefix token: the image's mean colour) and
+    whose logits are a linear readout of either the mean patch token (local evidence) or the prefix token
+    (evidence held off the patches): the token swap's answer is known without the code."""
+
+    num_prefix_tokens, patch_size = 1, 14
+
+    def __init__(self, weights: torch.Tensor, read_prefix: bool) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(weights)  # [C, 3]
+        self.read_prefix = read_prefix
+
+    def forward_to_target(self, x):
+        patches = torch.nn.functional.avg_pool2d(x, 14).flatten(2).transpose(1, 2)  # [B, N, 3]
+        tokens = torch.cat([x.mean((2, 3))[:, None], patches], 1)
+        return tokens, tokens * 2
+
+    def forward_from_target(self, residual, activation):
+        pooled = activation[:, 0] if self.read_prefix else activation[:, 1:].mean(1)
+        return pooled @ self.w.T
+
+
+def test_counterfactual_margins_against_models_with_a_known_answer():
+    cfg = ToyConfig()
+    rims, standard = cfg.class_names.index("Sedan Rims"), cfg.class_names.index("Sedan Standard")
+    weights = torch.zeros(16, 3)
+    weights[rims] = torch.tensor([1.0, 0.5, -2.0])  # gold rims are yellow: red and green up, blue down
+    cases = [toy.Case(rims, i, standard, ("wheels",)) for i in range(3)] + [toy.Case(rims, 0, standard, ())]
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    local = toy.counterfactual_margins(_PatchColours(weights, False), cfg, "test", cases, mean, std, batch_size=2)
+    far = toy.counterfactual_margins(_PatchColours(weights, True), cfg, "test", cases, mean, std)
+    for i, (m, f) in enumerate(zip(local[:3], far[:3])):
+        image, mask, _ = render(cfg, "test", rims, i)
+        swapped, _, _ = render(cfg, "test", rims, i, swap={"wheels": "Sedan Standard"})
+        expect = [2 * (np.asarray(im, dtype=np.float64) / 255).mean((0, 1)) @ weights[rims].double().numpy()
+                  for im in (image, swapped)]  # the readout's input is twice the image's mean colour
+        assert m.margin == pytest.approx(expect[0], abs=1e-4) and m.swapped == pytest.approx(expect[1], abs=1e-4)
+        assert m.swapped < m.margin  # silver rims are less yellow
+        # the evidence is in the patches: the tokens touching the wheels carry all of it (up to the few
+        # blurred pixels that spill into the next patches)
+        assert m.token_swapped == pytest.approx(m.swapped, abs=0.02 * abs(m.margin - m.swapped))
+        # the evidence is off the patches: swapping the patches' tokens changes nothing
+        assert f.token_swapped == pytest.approx(f.margin, abs=1e-6) and f.swapped != pytest.approx(f.margin)
+    assert local[3].margin == local[3].swapped == local[3].token_swapped  # nothing swapped
+
+
+def test_touched_patches():
+    labels = np.zeros((28, 42), np.uint8)
+    labels[13, 14] = 2  # one pixel in patch (0, 1)
+    labels[20:, 30:] = 3
+    assert toy.touched_patches(labels, [2], 14).tolist() == [False, True, False, False, False, False]
+    assert toy.touched_patches(labels, [2, 3], 14).tolist() == [False, True, False, False, False, True]
