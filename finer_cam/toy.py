@@ -91,6 +91,7 @@ class ToyConfig:
     train_per_class: int = 48
     test_per_class: int = 15
     seed: int = 0
+    part_scale: float = 1.0  # the wheels, badge and headlight, times their default size (about their centres)
     groups: tuple[str, ...] = tuple(GROUPS)
     siblings: tuple[str, ...] = SIBLINGS
 
@@ -204,19 +205,22 @@ def render(cfg: ToyConfig, split: str, cls: int, index: int,
     glass = tuple(int(c) for c in rng.uniform([150, 175, 195], [190, 215, 235]))
     draw.polygon([at(u, v) for u, v in body["window"]], fill=glass)
     rim_rgb = _jitter(rng, PART_COLOURS["wheels"][looks["wheels"]])
+    k = cfg.part_scale
     for u, v in WHEELS:
         cx, cy = at(u, v)
-        r = WHEEL_RADIUS * length
+        r = WHEEL_RADIUS * k * length
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(25, 25, 28))
         draw.ellipse([cx - r * RIM, cy - r * RIM, cx + r * RIM, cy + r * RIM], fill=rim_rgb)
         mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=REGIONS["wheels"])
     bu, bv, br = BADGE
     cx, cy = at(bu, bv)
-    r = br * length
+    r = br * k * length
     badge_rgb = _jitter(rng, PART_COLOURS["badge"][looks["badge"]])
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=badge_rgb)
     mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=REGIONS["badge"])
-    light = box(at(*LIGHT[0]), at(*LIGHT[1]))
+    (lu0, lv0), (lu1, lv1) = LIGHT
+    du, dv = (lu1 - lu0) * (k - 1) / 2, (lv1 - lv0) * (k - 1) / 2
+    light = box(at(lu0 - 2 * du, lv0 - dv), at(min(1.0, lu1), lv1 + dv))  # grown backwards: the front is the car's
     light_rgb = _jitter(rng, PART_COLOURS["light"][looks["light"]])
     draw.rectangle(light, fill=light_rgb)
     mdraw.rectangle(light, fill=REGIONS["light"])
@@ -512,6 +516,7 @@ def read_recipe(masks: str | Path) -> tuple[ToyConfig, str]:
         settings = recipe["settings"]
         cfg = ToyConfig(image_size=int(settings["image_size"]), train_per_class=int(settings["train_per_class"]),
                         test_per_class=int(settings["test_per_class"]), seed=int(settings["seed"]),
+                        part_scale=float(settings.get("part_scale", 1.0)),
                         groups=tuple(settings["groups"]), siblings=tuple(settings["siblings"]))
         split = recipe["split"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -788,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--image_size", type=int, default=ToyConfig.image_size)
         q.add_argument("--seed", type=int, default=ToyConfig.seed, help="the data set's seed (and the backbone's)")
         q.add_argument("--workers", type=int, default=2, help="processes drawing images")
+        q.add_argument("--part_scale", type=float, default=ToyConfig.part_scale,
+                       help="the wheels, badge and headlight, times their default size")
     d.add_argument("--overwrite", action="store_true", help="write it again even when it is there")
     b.add_argument("--out", default=DEFAULT_WEIGHTS, help="the checkpoint to write (official DINOv2 layout)")
     b.add_argument("--epochs", type=int, default=40, help="passes over the training split (the shipped file: 40)")
@@ -819,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(stop) -> int:
         if args.command in ("data", "backbone"):
             cfg = ToyConfig(image_size=args.image_size, train_per_class=args.train_per_class,
-                            test_per_class=args.test_per_class, seed=args.seed)
+                            test_per_class=args.test_per_class, seed=args.seed, part_scale=args.part_scale)
             wrote = write_dataset(args.root, cfg, workers=args.workers, overwrite=getattr(args, "overwrite", False))
             print(f"toy data {'written to' if wrote else 'already in'} {args.root}: {len(cfg.class_names)} classes, "
                   f"{cfg.train_per_class} train and {cfg.test_per_class} test images a class", file=sys.stderr)

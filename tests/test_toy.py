@@ -16,6 +16,7 @@ import finer_cam.toy as toy
 import train_classifier
 from dinov2 import load_dinov2
 from finer_cam.demo import run_demo
+from finer_cam.swaps import read_swaps
 from finer_cam.toy import (DEFAULT_WEIGHTS, GROUPS, LABELS, PART_COLOURS, REGIONS, ToyConfig, class_attributes,
                            differing_parts, premise_checks, read_mask, render, write_dataset)
 
@@ -190,10 +191,22 @@ def test_demo_runs_end_to_end_on_a_reduced_size(tmp_path):
     table = (paths["eval"] / "summary.md").read_text()
     assert all(f"| {mode} |" in table for mode in ("baseline", "finer", "compare"))
     assert all(name in table for name in ("energy_part", "energy_object", "energy_difference", "pointing_difference"))
+    assert all(name in table for name in ("swap_rank", "swap_top", "token_rank", "token_top"))
+    swaps = read_swaps(paths["swaps"])
+    assert len(swaps) == 16 * 3 and all(set(parts) == set(REGIONS) for parts in swaps.values())
+    for (image, target, reference), parts in swaps.items():
+        assert image.split("/")[0] == target and target != reference
+        for part, row in parts.items():  # a part both classes draw alike changes nothing
+            if part not in differing_parts(target, reference):
+                assert row.swapped_margin == row.token_swapped_margin == row.margin
     premise = json.loads(paths["premise"].read_text())
-    assert all(0 <= premise[k] <= 1 for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction"))
+    assert all(0 <= premise[k] <= 1 for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction",
+                                              "part_use_fraction", "token_locality_fraction"))
+    assert premise["holds"] == {k: premise[k] >= t for k, t in premise["thresholds"].items()}
     assert any(line.startswith("$ python generate_cam.py") for line in lines)
     assert any(line.startswith("$ python -m finer_cam.toy premise") for line in lines)
+    assert any(line.startswith("$ python -m finer_cam.toy swaps") for line in lines)
+    assert len(list(paths["strip"].rglob("*.png"))) == 1 and any(line.startswith("the strip: ") for line in lines)
     assert any("premise checks" in line for line in lines)
 
 
@@ -290,3 +303,20 @@ def test_touched_patches():
     labels[20:, 30:] = 3
     assert toy.touched_patches(labels, [2], 14).tolist() == [False, True, False, False, False, False]
     assert toy.touched_patches(labels, [2, 3], 14).tolist() == [False, True, False, False, False, True]
+
+
+def test_the_strip_is_chosen_by_its_rule():
+    from finer_cam.demo import choose_strip
+    from finer_cam.swaps import SwapRow
+
+    def rows(image, target, reference, margin):
+        return {(image, target, reference): {"badge": SwapRow(image, target, reference, "badge", margin, 0.0)}}
+
+    swaps = {}
+    for k, m in enumerate([3.0, 1.0, 2.0, 9.0]):  # median (lower middle) 2.0
+        swaps |= rows(f"A/{k}.png", "A", "B", m)
+    for k, m in enumerate([1.5, 2.5, 2.6]):  # median 2.5
+        swaps |= rows(f"C/{k}.png", "C", "D", m)
+    swaps |= rows("E/0.png", "E", "F", 0.1)  # the smallest margin, but a pair of one image
+    assert choose_strip(swaps) == "A/2.png"
+    assert choose_strip(rows("E/0.png", "E", "F", 0.1)) == "E/0.png"
