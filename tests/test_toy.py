@@ -155,6 +155,13 @@ def test_the_toy_commands_run(tmp_path):
     done = run("backbone", "--root", str(root), "--train_per_class", "2", "--test_per_class", "1",
                "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(again), "--workers", "1")
     assert done.returncode == 0 and again.read_bytes() == out.read_bytes()  # the same file, bit for bit
+    tied = [tmp_path / "tied.pth", tmp_path / "tied_again.pth"]
+    for path in tied:
+        done = run("backbone", "--root", str(root), "--train_per_class", "2", "--test_per_class", "1",
+                   "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(path), "--workers", "1",
+                   "--readout", "tied", "--threads", "1")
+        assert done.returncode == 0, done.stderr
+    assert tied[0].read_bytes() == tied[1].read_bytes() != out.read_bytes()
     backbone = load_dinov2(str(out), arch="vit_toy")
     assert backbone.embed_dim == 128 and backbone.patch_embed.proj.weight.shape[-1] == 14
     done = run("premise", "--root", str(root), "--head", str(tmp_path / "nothing.pth"))
@@ -164,9 +171,9 @@ def test_the_toy_commands_run(tmp_path):
 @pytest.mark.slow
 def test_shipped_backbone_meets_the_premise(tmp_path):
     """The premise checks on a world of another seed at a reduced size (the demo measures them on the whole
-    test split; this one gave 0.978, 0.979 and 0.979): patch tokens
-    tell what their patch shows, a linear head on the pooled tokens names the class, and the class most like
-    the true one is a sibling."""
+    test split; this one gave 0.978, 0.979 and 0.979 for the first three): patch tokens
+    tell what their patch shows, a linear head on the pooled tokens names the class, the class most like
+    the true one is a sibling, and swapping the parts where they differ removes the margin between them."""
     weights = REPO / DEFAULT_WEIGHTS
     assert weights.stat().st_size < 8 * 2**20  # a few MB
     root = tmp_path / "toy"
@@ -175,9 +182,11 @@ def test_shipped_backbone_meets_the_premise(tmp_path):
     assert train_classifier.main(["--data_root", str(root), "--model_path", str(weights), "--arch", "vit_toy",
                                   "--output_dir", str(out), "--image_size", "224", "--num_workers", "0"]) == 0
     premise = premise_checks(root, weights, out / "best_classifier.pth", probe_images=120)
-    assert premise["locality_accuracy"] >= 0.9, premise
+    assert premise["locality_accuracy"] >= 0.95, premise
     assert premise["head_accuracy"] >= 0.95, premise  # the issue's thresholds, on images the backbone never saw
     assert premise["sibling_rank1_fraction"] >= 0.9, premise
+    assert premise["part_use_fraction"] >= 0.9, premise
+    # token_locality_fraction >= 0.8 is the one check this backbone fails (0.600 on the demo's test split)
 
 
 @pytest.mark.slow
