@@ -32,8 +32,8 @@ from __future__ import annotations
 import colorsys
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import FinerCamError
-from .io import atomic_write_bytes, write_json
+from .io import atomic_write_bytes, dataset_root, read_run, read_text, write_json
 
 log = logging.getLogger("finer_cam")
 
@@ -509,8 +509,9 @@ def counterfactual_recipe(cfg: ToyConfig, split: str) -> dict:
 def read_recipe(masks: str | Path) -> tuple[ToyConfig, str]:
     """The toy world and split a mask folder's ``counterfactuals.json`` describes."""
     path = Path(masks) / COUNTERFACTUALS
-    from .io import read_text
-
+    if not path.is_file():
+        raise FinerCamError(f"{path}: no such file (a toy data set written before the counterfactuals; "
+                            "`python -m finer_cam.toy data --overwrite` writes it again)")
     try:
         recipe = json.loads(read_text(path))
         settings = recipe["settings"]
@@ -614,7 +615,6 @@ def swap_effects(cam_dir: str | Path, out: str | Path, device: str = "cpu", batc
     The model, class names, preprocessing and target layer come from the run's ``run.json``; how to draw each
     image again from the toy data set's ``masks/<split>/counterfactuals.json``. A region both classes draw
     alike has no effect and is not drawn again (its swapped margins are the margin)."""
-    from .io import dataset_root, read_run
     from .models import load_classifier
     from .swaps import SwapRow, write_swaps
 

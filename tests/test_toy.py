@@ -166,6 +166,8 @@ def test_the_toy_commands_run(tmp_path):
     assert backbone.embed_dim == 128 and backbone.patch_embed.proj.weight.shape[-1] == 14
     done = run("premise", "--root", str(root), "--head", str(tmp_path / "nothing.pth"))
     assert done.returncode == 2 and "--head" in done.stderr and "Traceback" not in done.stderr
+    done = run("swaps", "--cam_dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "swaps.csv"))
+    assert done.returncode == 2 and "--cam_dir" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
