@@ -331,3 +331,15 @@ def test_the_strip_is_chosen_by_its_rule():
     swaps |= rows("E/0.png", "E", "F", 0.1)  # the smallest margin, but a pair of one image
     assert choose_strip(swaps) == "A/2.png"
     assert choose_strip(rows("E/0.png", "E", "F", 0.1)) == "E/0.png"
+
+
+def test_part_scale_grows_the_parts():
+    """``--part_scale 1.4``: the same car with wheels, badge and headlight about 1.4 times as large (about
+    1.96 times the area; the headlight is cut at the car's front)."""
+    for cls in (0, 9):
+        small = np.asarray(render(ToyConfig(), "test", cls, 1)[1])
+        large = np.asarray(render(ToyConfig(part_scale=1.4), "test", cls, 1)[1])
+        for part, low in (("wheels", 1.7), ("badge", 1.7), ("light", 1.4)):
+            ratio = (large == REGIONS[part]).sum() / (small == REGIONS[part]).sum()
+            assert low < ratio < 2.2, (part, ratio)
+        assert (large == REGIONS["roof"]).sum() == (small == REGIONS["roof"]).sum()
