@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each class's look of each region, {\"classes\": {class name: {region: look}}}, with "
                         "label-map masks: adds energy_difference and pointing_difference, the map inside the "
                         "regions where the target looks different from the mode's reference classes")
+    p.add_argument("--swaps", default=None, metavar="CSV",
+                   help="swap effects, a CSV image,target,reference,part,margin,swapped_margin,token_swapped_margin "
+                        "(python -m finer_cam.toy swaps writes the toy's), with label-map masks: adds swap_rank and "
+                        "swap_top (token_rank, token_top), how the map's density per part follows the effects")
     p.add_argument("--parts", default=None, metavar="CSV",
                    help="part locations for a part-level pointing game: a CSV with columns image,part,x,y in original "
                         "image pixels (prepare_dataset.py cub writes the visible ones as parts.csv)")

@@ -5,7 +5,9 @@ uses and each mode's map is scored against the ground truth: the share of its ma
 (``energy_part``), inside the parts where the target differs from the mode's reference classes
 (``energy_difference``; a mode without ranks is scored against the rank-1 class) and whether its peak falls there
 (``pointing_difference``); means with 95% intervals. Only the localisation is measured here (no masked
-forward passes); evaluate.py measures the rest.
+forward passes); evaluate.py measures the rest. With ``--swaps`` (the file ``python -m finer_cam.toy swaps``
+writes), also the counterfactual agreement against the rank-1 class (``swap_rank``, ``swap_top``,
+``token_rank``, ``token_top``: evaluate.py's, see finer_cam/evaluate.py).
 
 Target layers: ``last`` is the official one (the last block's ``norm1``: gradients flow through the last
 block's attention and MLP); ``block:K`` the ``norm1`` of block K (gradients through blocks K..end);
@@ -13,6 +15,7 @@ block's attention and MLP); ``block:K`` the ``norm1`` of block K (gradients thro
 each token's own contribution to the objective).
 
     python bench/ablate_toy.py --head outputs/demo/classifier/best_classifier.pth [--out outputs/ablations.json]
+        [--swaps outputs/demo/swaps.csv]
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from finer_cam.cam import FinerCAM, normalize_maps, resize_maps  # noqa: E402
 from finer_cam.data import NORMALIZATIONS  # noqa: E402
-from finer_cam.evaluate import GroundTruth  # noqa: E402
+from finer_cam.evaluate import SWAP_METRICS, GroundTruth, swap_agreement  # noqa: E402
 from finer_cam.metrics import energy_inside, mean_ci, pointing_hit  # noqa: E402
 from finer_cam.models import load_classifier  # noqa: E402
+from finer_cam.swaps import read_swaps  # noqa: E402
 from finer_cam.targets import parse_modes  # noqa: E402
 from finer_cam.toy import DEFAULT_ROOT, DEFAULT_WEIGHTS, load_split  # noqa: E402
 
@@ -83,6 +87,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--variants", nargs="*", default=None, help="METHOD@LAYER, e.g. gradcam@last hirescam@final")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--swaps", default=None, help="swap effects (python -m finer_cam.toy swaps) for the agreement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = [tuple(v.split("@")) for v in args.variants] if args.variants else VARIANTS
@@ -96,12 +101,14 @@ def main() -> None:
     modes = parse_modes(MODES)
     parts = torch.from_numpy(np.isin(masks, [truth.legend["regions"][p] for p in truth.legend["parts"]]))
     results = {}
+    swaps = read_swaps(args.swaps) if args.swaps else None
+    metrics = ["energy_part", "energy_difference", "pointing_difference"] + (list(SWAP_METRICS) if swaps else [])
     for method, layer in variants:
         model = load_classifier(args.weights, args.head, "vit_toy", "cpu")
         set_target_layer(model, layer)
         engine = FinerCAM(model, modes=modes, method=method)
         start = time.monotonic()
-        scores = {m.name: {"energy_part": [], "energy_difference": [], "pointing_difference": []} for m in modes}
+        scores = {m.name: {k: [] for k in metrics} for m in modes}
         for s in range(0, len(rows), 40):
             ex = engine(x_all[s:s + 40], labels[s:s + 40])
             maps = ex.maps  # [B, M, h, w]
@@ -109,6 +116,12 @@ def main() -> None:
                 i = s + b
                 fitted = normalize_maps(resize_maps(maps[b].float(), masks[i].shape))
                 t, refs = int(ex.targets[b]), ex.references[b].tolist()
+                if swaps is not None:  # against the rank-1 class, as evaluate.py
+                    key = (rows[i]["image"], names[t], names[refs[0]])
+                    agreed = swap_agreement(fitted.numpy(), masks[i], truth.legend["regions"], swaps.get(key))
+                    for m, mode in enumerate(modes):
+                        for k in SWAP_METRICS:
+                            scores[mode.name][k].append(agreed[m][k])
                 for m, mode in enumerate(modes):
                     mine = [refs[r - 1] for r in mode.ranks] if mode.ranks else [refs[0]]
                     region = truth.difference(masks[i], t, mine)
@@ -122,10 +135,9 @@ def main() -> None:
         results[key] = {mode: {k: dict(zip(("mean", "ci95", "n"), mean_ci(np.array(v)))) for k, v in s_.items()}
                         for mode, s_ in scores.items()}
         print(f"\n{key} ({time.monotonic() - start:.0f} s)")
-        print("| mode | energy_part | energy_difference | pointing_difference |")
+        print("| mode | " + " | ".join(metrics) + " |")
         for mode, s_ in results[key].items():
-            print(f"| {mode} | " + " | ".join(f"{s_[k]['mean']:.3f} ± {s_[k]['ci95']:.3f}" for k in
-                                              ("energy_part", "energy_difference", "pointing_difference")) + " |")
+            print(f"| {mode} | " + " | ".join(f"{s_[k]['mean']:.3f} ± {s_[k]['ci95']:.3f}" for k in metrics) + " |")
         sys.stdout.flush()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,15 @@
 
 1. the toy data set (``datasets/toy``, generated once), 2. ``train_classifier.py`` on the shipped toy
 backbone, 3. the premise checks (``python -m finer_cam.toy premise``: locality probe, head accuracy,
-look-alike siblings) into ``premise.json``, 4. ``generate_cam.py`` on the test split, 5. ``visualize.py`` on
-a sample with a grid figure, 6. ``evaluate.py`` with the ground-truth part masks and the classes'
-attributes (energy and pointing in the parts, on the car, and in the parts where the target differs from
-the mode's references), 7. ``field_guide.py``: the field guide of the toy world's look-alikes (its
-``index.html`` opens in a browser). Everything lands in ``outputs/demo/``. Each step runs as its own process, exactly
-the command it prints.
+look-alike siblings, whether the model uses the parts and keeps their evidence in their tokens) into
+``premise.json``, 4. ``generate_cam.py`` on the test split, 5. ``visualize.py`` on a sample with a grid
+figure, 6. the swap effects (``python -m finer_cam.toy swaps``: each test image drawn again with each part in
+its rank-1 reference's look) into ``swaps.csv``, 7. ``evaluate.py`` with the ground-truth part masks, the
+classes' attributes and the swap effects (energy and pointing in the parts, on the car, and in the parts
+where the target differs from the mode's references; how the map's density per part follows the swap
+effects), 8. the README's strip (``visualize.py`` on the image :data:`STRIP_RULE` picks), 9. ``field_guide.py``:
+the field guide of the toy world's look-alikes (its ``index.html`` opens in a browser). Everything lands in
+``outputs/demo/``. Each step runs as its own process, exactly the command it prints.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from .shipped import project_root, shipped_file
+from .swaps import read_swaps
 from .toy import DEFAULT_ROOT, DEFAULT_WEIGHTS, ToyConfig, write_dataset
 
 REPO = project_root()  # where the scripts are, in a checkout or an installed package
@@ -31,6 +35,28 @@ def _run(argv: list[str], log) -> None:
     result = subprocess.run([sys.executable, *argv], cwd=REPO)
     if result.returncode != 0:
         raise SystemExit(f"demo: step failed with exit status {result.returncode}: {shlex.join(argv)}")
+
+
+STRIP_RULE = ("the test image with the median margin y_target - y_reference (the lower middle one for an even "
+              "count) in the most confusable pair: the (target, rank-1 reference) pair of classes with the smallest "
+              "median margin among the pairs with at least 3 test images (any pair when none has 3)")
+
+
+def choose_strip(swaps: dict) -> str:
+    """The image of the README's strip, by :data:`STRIP_RULE`, from a swap-effects file's rows
+    (:func:`finer_cam.swaps.read_swaps`)."""
+    pairs: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for (image, target, reference), parts in swaps.items():
+        pairs.setdefault((target, reference), []).append((next(iter(parts.values())).margin, image))
+    if not pairs:
+        raise SystemExit("demo: the swap effects list no image")
+    enough = {k: v for k, v in pairs.items() if len(v) >= 3} or pairs
+
+    def median(items: list[tuple[float, str]]) -> tuple[float, str]:
+        return sorted(items)[(len(items) - 1) // 2]
+
+    pair = min(enough, key=lambda k: (median(enough[k])[0], k))
+    return median(enough[pair])[1]
 
 
 def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT,
@@ -45,7 +71,8 @@ def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT,
     log(f"toy data in {data} ...")
     write_dataset(data, toy, workers=workers)
     paths = {"classifier": out / "classifier", "cams": out / "cams", "overlays": out / "overlays",
-             "grid": out / "grid.png", "eval": out / "eval", "premise": out / "premise.json", "guide": out / "guide"}
+             "grid": out / "grid.png", "eval": out / "eval", "premise": out / "premise.json",
+             "swaps": out / "swaps.csv", "strip": out / "strip", "guide": out / "guide"}
     common = ["--num_workers", str(workers)]
     _run(["train_classifier.py", "--data_root", str(data), "--model_path", str(weights), "--arch", "vit_toy",
           "--output_dir", str(paths["classifier"]), "--image_size", str(toy.image_size), "--overwrite", *common], log)
@@ -60,19 +87,28 @@ def run_demo(out: str | Path = "outputs/demo", data: str | Path = DEFAULT_ROOT,
     _run(["visualize.py", "--cam_dir", str(paths["cams"]), "--save_dir", str(paths["overlays"]), "--size", "224",
           "--format", "png", "--images", "*/00000.png", "--limit", str(overlays), "--grid", str(paths["grid"]),
           "--grid_rows", "6"], log)
+    _run(["-m", "finer_cam.toy", "swaps", "--cam_dir", str(paths["cams"]), "--out", str(paths["swaps"])], log)
     _run(["evaluate.py", "--cam_dir", str(paths["cams"]), "--out", str(paths["eval"]),
           "--masks", str(data / "masks" / "test"), "--attributes", str(data / "class_attributes.json"),
+          "--swaps", str(paths["swaps"]),
           "--steps", str(steps), *common], log)
+    strip = choose_strip(read_swaps(paths["swaps"]))
+    log(f"the strip: {strip} ({STRIP_RULE})")
+    _run(["visualize.py", "--cam_dir", str(paths["cams"]), "--save_dir", str(paths["strip"]), "--size", "224",
+          "--format", "png", "--images", strip], log)
     _run(["field_guide.py", "--cam_dir", str(paths["cams"]), "--save_dir", str(paths["guide"]),
           "--masks", str(data / "masks" / "test"), "--discover", *common], log)
     premise = json.loads(paths["premise"].read_text(encoding="utf-8"))
     log("\npremise checks (" + str(paths["premise"]) + "): " +
-        ", ".join(f"{k} {premise[k]:.3f}" for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction")))
+        ", ".join(f"{k} {premise[k]:.3f}" + ("" if premise["holds"][k] else f" (below {premise['thresholds'][k]})")
+                  for k in premise["thresholds"]))
     log(f"\ndemo finished in {time.monotonic() - start:.0f} s; everything is in {out}:")
     for name, what in (("classifier", "the trained head, its class list, sidecar and metrics"),
                        ("cams", "one .npy of maps per test image, run.json, index.jsonl"),
                        ("overlays", "one labelled strip per class"), ("grid", "images x modes in one figure"),
                        ("premise", "the premise checks"),
+                       ("swaps", "the swap effects, one row per test image and part"),
+                       ("strip", "the README's strip (docs/demo_strip.png), chosen by the rule above"),
                        ("eval", "summary.md/.csv/.json, per_image.csv, curves.png, rd_bars.png"),
                        ("guide", "the field guide of look-alikes: open index.html in a browser")):
         log(f"  {paths[name]}  {what}")

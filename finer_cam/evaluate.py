@@ -13,7 +13,12 @@ Per image and mode, from the saved maps and the same classifier and preprocessin
   pointing game;
 - with part masks (a label map, ``labels.json``) and class attributes (``attributes``): the same inside the
   parts where the target differs from the mode's reference classes (``energy_difference``,
-  ``pointing_difference``); for a mode without references (the baseline), from its rank-1 class.
+  ``pointing_difference``); for a mode without references (the baseline), from its rank-1 class;
+- with part masks and a swap-effects file (``swaps``, :mod:`finer_cam.swaps`), the counterfactual agreement
+  against the rank-1 class: ``swap_rank``, the rank correlation over the parts between the map's density in
+  each part (its mean over the part's pixels) and the part's swap effect, and ``swap_top``, whether the part
+  where the map is densest is the decisive one (the largest effect); ``token_rank`` and ``token_top`` the
+  same with the token-swap effects, where the file has them.
 
 Masked pixels take the fill: 0 after normalisation (the data set mean) or a heavily blurred copy. The masked
 variants of a batch of images, for all modes, all k and all curve steps, go through the model together.
@@ -70,6 +75,7 @@ class EvaluateConfig:
     part_radius: float = 0.1  # of the image's shorter side
     mask_format: str = "auto"
     attributes: str | None = None
+    swaps: str | None = None  # CSV of swap effects (finer_cam.swaps): the counterfactual agreement
     batch_size: int = 64
     num_workers: int | str = "auto"  # device.loader_workers
     device: str = "auto"
@@ -95,6 +101,8 @@ class EvaluateConfig:
                       below=1)
         if self.attributes and not self.masks:
             raise ArgumentError("attributes", problem="needs --masks (label maps with labels.json)")
+        if self.swaps and not self.masks:
+            raise ArgumentError("swaps", problem="needs --masks (label maps with labels.json naming the parts)")
 
 
 @dataclass
@@ -111,13 +119,50 @@ def _pct(p: float) -> str:
     return f"{p:g}"
 
 
+SWAP_METRICS = ("swap_rank", "swap_top", "token_rank", "token_top")
+
+
 def metric_names(cfg: EvaluateConfig, localisation: list[str]) -> list[str]:
     names = [f"rd@{_pct(p)}" for p in cfg.percent] + [f"drop@{_pct(p)}" for p in cfg.percent]
     if cfg.steps > 0:
         names += ["deletion_auc", "insertion_auc"]
     for region in localisation:
         names += [f"energy_{region}", f"pointing_{region}"]
+    if cfg.swaps:
+        names += list(SWAP_METRICS)
     return names
+
+
+# ------------------------------------------------------------------------------ counterfactual agreement
+
+def part_densities(maps: np.ndarray, labels: np.ndarray, regions: dict[str, int]) -> list[dict[str, float]]:
+    """Per map of ``maps`` ``[M, H, W]``, each region's density: the map's mean over the region's pixels of
+    the label map ``[H, W]`` over its mean over the image (1: as dense as a uniform map); NaN for a region the
+    image does not show or a map without mass."""
+    out = []
+    for m in maps.astype(np.float64):
+        total = m.mean()
+        out.append({name: float(m[labels == value].mean() / total) if total > 0 and (labels == value).any()
+                    else float("nan") for name, value in regions.items()})
+    return out
+
+
+def swap_agreement(maps: np.ndarray, labels: np.ndarray, regions: dict[str, int],
+                   rows: dict | None) -> list[dict[str, float]]:
+    """Per map ``[M, H, W]``, the counterfactual agreement (:data:`SWAP_METRICS`) with the swap rows of one
+    (image, target, reference) (part -> :class:`finer_cam.swaps.SwapRow`; None: the file has none, all NaN)."""
+    from .swaps import agreement
+
+    nan = {name: float("nan") for name in SWAP_METRICS}
+    if not rows:
+        return [dict(nan) for _ in maps]
+    image_effects = {p: r.effect for p, r in rows.items()}
+    token_effects = {p: r.token_effect for p, r in rows.items()}
+    out = []
+    for density in part_densities(maps, labels, regions):
+        a, t = agreement(density, image_effects), agreement(density, token_effects)
+        out.append({"swap_rank": a.rank, "swap_top": a.top, "token_rank": t.rank, "token_top": t.top})
+    return out
 
 
 # ------------------------------------------------------------------------------------------- ground truth
@@ -461,6 +506,18 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     if not chosen:
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: index.jsonl lists no explained images")
     names = metric_names(cfg, truth.regions)
+    swaps = None
+    if cfg.swaps:
+        from .swaps import read_swaps
+
+        if truth.legend is None:
+            raise FinerCamError(f"--swaps {cfg.swaps}: needs --masks with a label map (labels.json) naming the parts")
+        swaps = read_swaps(cfg.swaps)
+        regions = truth.legend["regions"]
+        unknown = sorted({p for parts in swaps.values() for p in parts} - set(regions))
+        if unknown:
+            raise FinerCamError(f"--swaps {cfg.swaps}: part {unknown[0]!r} is not a region of the masks' labels.json "
+                                f"({', '.join(regions)})")
     result = EvaluateResult(summary={}, rows=[], metrics=names, main=ranks.is_main)
     curves: dict[str, list[np.ndarray]] = {"deletion": [], "insertion": []}
     mine = ranks.shard(chosen)  # torchrun: each rank evaluates its share; rank 0 gathers and writes
@@ -472,7 +529,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
             ready = _readable(batch, mine, root, cfg.cam_dir, len(class_names), len(modes), truth, result)
             for group in _by_shape(ready, len(modes), _variants_per_mode(cfg)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves,
-                          run_info["modes"])
+                          run_info["modes"], swaps, class_names)
             bar.update(len(batch))
             stop.check()
     if ranks.world > 1:
@@ -570,7 +627,7 @@ def _difference_regions(truth: GroundTruth, labels: np.ndarray, target: int, ran
 
 
 def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, modes, device, result, curves,
-              run_modes: list[dict]) -> None:
+              run_modes: list[dict], swaps: dict | None = None, class_names: list[str] | None = None) -> None:
     x = torch.stack([item["image"] for item, _, _, _ in group]).to(device)
     H, W = x.shape[-2:]
     raw = [torch.from_numpy(maps.astype(np.float32)) for _, _, maps, _ in group]
@@ -602,6 +659,11 @@ def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, mode
                     energy, hit = torch.where(known, energy, torch.nan), torch.where(known, hit, torch.nan)
                 local[f"energy_{name}"] = energy.tolist()
                 local[f"pointing_{name}"] = hit.tolist()
+            if swaps is not None and labels is not None:
+                key = (entry["image"], class_names[int(targets[b])], class_names[int(refs[b])])
+                agreed = swap_agreement(fitted.cpu().numpy(), labels, truth.legend["regions"], swaps.get(key))
+                for name in SWAP_METRICS:
+                    local[name] = [a[name] for a in agreed]
         for m, mode in enumerate(modes):
             row = {"image": entry["image"], "mode": mode, "target": int(targets[b]), "reference": int(refs[b]),
                    "p_target": float(probs[b, targets[b]]), "p_reference": float(probs[b, refs[b]])}
@@ -665,7 +727,7 @@ def _write_tables(out: Path, cfg: EvaluateConfig, run_info: dict, result: Evalua
             summary_rows.append({"mode": mode, "metric": name, "mean": s["mean"], "ci95": s["ci95"], "n": s["n"]})
     _write_csv(out / "summary.csv", ["mode", "metric", "mean", "ci95", "n"], summary_rows)
     settings = {k: getattr(cfg, k) for k in ("cam_dir", "percent", "fill", "steps", "masks", "boxes", "parts",
-                                             "part_radius", "limit", "attributes")}
+                                             "part_radius", "limit", "attributes", "swaps")}
     settings["mask_format"] = resolve_mask_format(cfg.masks, cfg.mask_format)
     write_json(out / "summary.json", {
         "settings": settings, "modes": result.summary, "images": result.images, "failed": result.failed,

@@ -18,6 +18,7 @@ Layout written by :func:`write_dataset` (the Stanford Cars layout, plus masks an
     ROOT/train/<class>/<stem>.png       ROOT/test/<class>/<stem>.png
     ROOT/masks/<split>/<class>/<stem>.png   a label map: 0 background, 1 body, 2 wheels, 3 badge, 4 light, 5 roof
     ROOT/masks/<split>/labels.json      what the values mean (the format evaluate.py reads, :data:`LABELS`)
+    ROOT/masks/<split>/counterfactuals.json  how to draw each image again with a region swapped (:func:`render`)
     ROOT/class_attributes.json          each class's look of each part (evaluate.py --attributes)
     ROOT/attributes/<split>.jsonl       what was drawn in each image (group, colours, facing, box)
     ROOT/classes.txt                    class names, sorted (the order train_classifier.py gives its head)
@@ -31,6 +32,7 @@ from __future__ import annotations
 import colorsys
 import json
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .data import open_image
 from .errors import FinerCamError
-from .io import atomic_write_bytes, write_json
+from .io import atomic_write_bytes, dataset_root, read_run, read_text, write_json
 
 log = logging.getLogger("finer_cam")
 
@@ -90,6 +92,7 @@ class ToyConfig:
     train_per_class: int = 48
     test_per_class: int = 15
     seed: int = 0
+    part_scale: float = 1.0  # the wheels, badge and headlight, times their default size (about their centres)
     groups: tuple[str, ...] = tuple(GROUPS)
     siblings: tuple[str, ...] = SIBLINGS
 
@@ -147,14 +150,27 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], sigma: float = 
     return tuple(int(np.clip(c + rng.normal(0, sigma), 0, 255)) for c in rgb)
 
 
-def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Image, Image.Image, dict]:
+def render(cfg: ToyConfig, split: str, cls: int, index: int,
+           swap: Mapping[str, str] | None = None) -> tuple[Image.Image, Image.Image, dict]:
     """Image ``index`` of class ``cls`` in ``split``: an RGB image, its label map (:data:`REGIONS`, 0 the
     background) and what was drawn (group, colours in [0, 1], facing, the car's box as fractions of the
-    image)."""
+    image).
+
+    ``swap`` (region -> class name) draws the same image again, with the same random draws, each named region
+    in that class's look: a counterfactual. The wheels, badge and light take the other class's colour; the
+    roof box its group's colour; the body its group's colour family (its shape stays, so the label map is the
+    original's and the drawing changes inside the swapped region only).
+    """
     rng = _rng(cfg.seed, split, cls, index)
     name = cfg.class_names[cls]
     group = class_parts(name)[0]
     looks = class_attributes(name)
+    for region, other in (swap or {}).items():
+        if region not in REGIONS:
+            raise FinerCamError(f"swap: {region!r} is not a region ({', '.join(REGIONS)})")
+        if other not in cfg.class_names:
+            raise FinerCamError(f"swap: {other!r} is not a class of this toy world")
+        looks[region] = class_attributes(other)[region]
     body = GROUPS[group]
     scale = 2  # drawn at twice the size, then downsampled: smooth edges
     side = cfg.image_size * scale
@@ -174,14 +190,14 @@ def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Imag
         (xa, ya), (xb, yb) = corner_a, corner_b
         return [min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)]
 
-    hue = (body["hue"] + rng.uniform(-0.035, 0.035)) % 1.0
+    hue = (GROUPS[looks["body"]]["hue"] + rng.uniform(-0.035, 0.035)) % 1.0
     rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.9), rng.uniform(0.5, 0.9))
     paint = tuple(int(255 * c) for c in rgb)
     draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     # the roof box, under the body's top edge
     u0, u1, top = body["roof"]
     roof = box(at(u0, top + 0.02), at(u1, top + 0.02 - ROOF_HEIGHT * length / height))
-    roof_rgb = _jitter(rng, body["roof_rgb"])
+    roof_rgb = _jitter(rng, GROUPS[looks["roof"]]["roof_rgb"])
     draw.rectangle(roof, fill=roof_rgb)
     mdraw.rectangle(roof, fill=REGIONS["roof"])
     outline = [at(u, v) for u, v in body["body"]]
@@ -190,19 +206,22 @@ def render(cfg: ToyConfig, split: str, cls: int, index: int) -> tuple[Image.Imag
     glass = tuple(int(c) for c in rng.uniform([150, 175, 195], [190, 215, 235]))
     draw.polygon([at(u, v) for u, v in body["window"]], fill=glass)
     rim_rgb = _jitter(rng, PART_COLOURS["wheels"][looks["wheels"]])
+    k = cfg.part_scale
     for u, v in WHEELS:
         cx, cy = at(u, v)
-        r = WHEEL_RADIUS * length
+        r = WHEEL_RADIUS * k * length
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(25, 25, 28))
         draw.ellipse([cx - r * RIM, cy - r * RIM, cx + r * RIM, cy + r * RIM], fill=rim_rgb)
         mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=REGIONS["wheels"])
     bu, bv, br = BADGE
     cx, cy = at(bu, bv)
-    r = br * length
+    r = br * k * length
     badge_rgb = _jitter(rng, PART_COLOURS["badge"][looks["badge"]])
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=badge_rgb)
     mdraw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=REGIONS["badge"])
-    light = box(at(*LIGHT[0]), at(*LIGHT[1]))
+    (lu0, lv0), (lu1, lv1) = LIGHT
+    du, dv = (lu1 - lu0) * (k - 1) / 2, (lv1 - lv0) * (k - 1) / 2
+    light = box(at(lu0 - 2 * du, lv0 - dv), at(min(1.0, lu1), lv1 + dv))  # grown backwards: the front is the car's
     light_rgb = _jitter(rng, PART_COLOURS["light"][looks["light"]])
     draw.rectangle(light, fill=light_rgb)
     mdraw.rectangle(light, fill=REGIONS["light"])
@@ -259,7 +278,7 @@ def write_dataset(root: str | Path, cfg: ToyConfig = ToyConfig(), workers: int =
     import shutil
 
     root = Path(root)
-    settings = {**asdict(cfg), "groups": list(cfg.groups), "siblings": list(cfg.siblings), "format": 2}
+    settings = {**asdict(cfg), "groups": list(cfg.groups), "siblings": list(cfg.siblings), "format": 3}
     marker = root / "toy.json"
     if marker.is_file():
         try:
@@ -282,6 +301,7 @@ def write_dataset(root: str | Path, cfg: ToyConfig = ToyConfig(), workers: int =
                         for row in rows)
         atomic_write_bytes(root / "attributes" / f"{split}.jsonl", lambda f, t=lines: f.write(t.encode("utf-8")))
         write_json(root / "masks" / split / "labels.json", LABELS)
+        write_json(root / "masks" / split / COUNTERFACTUALS, counterfactual_recipe(cfg, split))
     write_json(root / "class_attributes.json", {"classes": {n: class_attributes(n) for n in cfg.class_names}})
     text = "".join(n + "\n" for n in cfg.class_names)
     atomic_write_bytes(root / "classes.txt", lambda f: f.write(text.encode("utf-8")))
@@ -350,8 +370,8 @@ def patch_labels(shares: np.ndarray, states: np.ndarray, names: list[str]) -> np
 
 
 def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_size: int = 32, lr: float = 1e-3,
-                   seed: int = 0, threads: int = 2, image_parts: float = 1.0, limit: int | None = None,
-                   device: str = "cpu", progress=None) -> dict:
+                   seed: int = 0, threads: int = 2, image_parts: float = 1.0, readout: str = "separate",
+                   limit: int | None = None, device: str = "cpu", progress=None) -> dict:
     """Train the ``vit_toy`` DINOv2 architecture from scratch on the toy training split under ``root`` and save
     it in the official checkpoint layout. Returns what was measured (seconds, images, final loss).
 
@@ -361,6 +381,11 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     (the mean of the normalised patch tokens, what the classifier reads) it names the body type and colour,
     and, weighted by ``image_parts``, the look of each part. Such features keep visual
     similarity, as DINOv2's self-supervised ones do: siblings, which differ in one or two parts, stay close.
+    ``readout`` says how the pooled features name the parts' looks: ``separate``, a linear readout of their
+    own (the shipped file); ``tied``, the per-token look readout applied to the mean of the tokens (which is
+    the mean of the per-token readouts), restricted to each part's own looks, so that the pooled features name
+    a look in the same directions a token that shows the part does, and every token off the parts is taught to
+    prefer none of a part's looks.
     ``limit`` trains on the first images only (tests).
     """
     import time
@@ -394,8 +419,13 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
 
     backbone = build(TOY_ARCH, img_size=x_train.shape[1])
     backbone.init_weights(torch.Generator().manual_seed(seed))
+    if readout not in ("separate", "tied"):
+        raise FinerCamError(f"readout {readout!r}: expected 'separate' or 'tied'")
     n_regions, n_states = 1 + len(REGIONS), len(state_names)
-    image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + len(PARTS) * n_states)
+    tied = readout == "tied"
+    image_head = torch.nn.Linear(backbone.embed_dim, n_groups + 3 + (0 if tied else len(PARTS) * n_states))
+    # each part's own looks, as indices into state_names (tied readout: the softmax is over these only)
+    own = [[k for k, n in enumerate(state_names) if n.startswith(f"{part}:")] for part in PARTS]
     token_head = torch.nn.Linear(backbone.embed_dim, n_regions + n_states + n_groups)
     for module in (backbone, image_head, token_head):
         module.to(device)
@@ -404,7 +434,13 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
         guess = image_head(tokens.mean(1))
         loss = F.cross_entropy(guess[:, :n_groups], on_device(groups[i])) + \
             F.mse_loss(guess[:, n_groups:n_groups + 3], on_device(body_rgb[i]))
-        if image_parts:
+        if image_parts and tied:
+            looks = token_head(tokens.mean(1))[:, n_regions:n_regions + n_states]  # = the mean of the tokens' readouts
+            target = on_device(states[i])
+            for p, ks in enumerate(own):
+                within = (target[:, p:p + 1] == on_device(np.array(ks))).float().argmax(1)
+                loss = loss + image_parts / len(PARTS) * F.cross_entropy(looks[:, ks], within)
+        elif image_parts:
             looks = guess[:, n_groups + 3:].reshape(len(i), len(PARTS), n_states)
             loss = loss + image_parts * F.cross_entropy(looks.flatten(0, 1), on_device(states[i]).flatten())
         return loss
@@ -418,6 +454,9 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
         if on_part.any():
             look = on_device(states[i]).gather(1, part)  # [B, N]
             loss = loss + F.cross_entropy(guess[..., n_regions:n_regions + n_states][on_part], look[on_part])
+        if tied and (~on_part).any():  # a token off the parts prefers no part's look (the readout is shared)
+            off = guess[..., n_regions:n_regions + n_states][~on_part]
+            loss = loss + sum(-F.log_softmax(off[:, ks], -1).mean(-1).mean() for ks in own) / len(PARTS)
         on_car = shares[..., 0] <= 0.7
         if on_car.any():
             group = on_device(groups[i]).unsqueeze(1).expand_as(on_car)
@@ -452,11 +491,195 @@ def train_backbone(root: str | Path, out: str | Path, epochs: int = 40, batch_si
     state = {k: v.detach().cpu().clone().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write_bytes(Path(out), lambda f: torch.save(state, f))
     return {"seconds": round(seconds, 1), "epochs": epochs, "steps": step, "train_images": int(len(groups)),
-            "device": str(device), "threads": threads,
+            "device": str(device), "threads": threads, "image_parts": image_parts, "readout": readout,
             "final_loss": round(float(loss.item()), 4)}
 
 
+# ------------------------------------------------------------------------------------------ counterfactuals
+
+COUNTERFACTUALS = "counterfactuals.json"  # beside labels.json: how to draw each image again with a part swapped
+
+
+def counterfactual_recipe(cfg: ToyConfig, split: str) -> dict:
+    """What ``masks/<split>/counterfactuals.json`` holds: the generator's settings and how an image's path
+    names what to draw (``<class>/<index:05d>.png``: :func:`render` with that class and index)."""
+    return {"format": "toy-counterfactuals", "generator": "finer_cam.toy.render", "split": split,
+            "settings": {**asdict(cfg), "groups": list(cfg.groups), "siblings": list(cfg.siblings)},
+            "image": "<class>/<index:05d>.png", "regions": list(REGIONS)}
+
+
+def read_recipe(masks: str | Path) -> tuple[ToyConfig, str]:
+    """The toy world and split a mask folder's ``counterfactuals.json`` describes."""
+    path = Path(masks) / COUNTERFACTUALS
+    if not path.is_file():
+        raise FinerCamError(f"{path}: no such file (a toy data set written before the counterfactuals; "
+                            "`python -m finer_cam.toy data --overwrite` writes it again)")
+    try:
+        recipe = json.loads(read_text(path))
+        settings = recipe["settings"]
+        cfg = ToyConfig(image_size=int(settings["image_size"]), train_per_class=int(settings["train_per_class"]),
+                        test_per_class=int(settings["test_per_class"]), seed=int(settings["seed"]),
+                        part_scale=float(settings.get("part_scale", 1.0)),
+                        groups=tuple(settings["groups"]), siblings=tuple(settings["siblings"]))
+        split = recipe["split"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FinerCamError(f"{path}: not a toy counterfactual recipe ({exc})") from None
+    if split not in ("train", "test") or any(g not in GROUPS for g in cfg.groups) or \
+            any(s not in CHANGES for s in cfg.siblings):
+        raise FinerCamError(f"{path}: not a toy counterfactual recipe (unknown split, group or sibling)")
+    return cfg, split
+
+
+@dataclass(frozen=True)
+class Case:
+    """One counterfactual: image ``index`` of class ``cls``, ``regions`` drawn in class ``reference``'s look."""
+
+    cls: int
+    index: int
+    reference: int
+    regions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Margins:
+    """``y_target - y_reference`` on the original, on the swapped drawing, and with only the tokens (at the
+    model's target layer) of the patches that touch the swapped regions taken from the swapped drawing."""
+
+    margin: float
+    swapped: float
+    token_swapped: float
+
+
+def touched_patches(labels: np.ndarray, values: list[int], patch: int) -> np.ndarray:
+    """Which patches of a label map ``[H, W]`` hold any pixel of the regions ``values``: ``bool [N]``, row-major."""
+    inside = np.isin(labels, values)
+    h, w = inside.shape[0] // patch, inside.shape[1] // patch
+    return inside[:h * patch, :w * patch].reshape(h, patch, w, patch).any((1, 3)).reshape(-1)
+
+
+def counterfactual_margins(model, cfg: ToyConfig, split: str, cases: list[Case], mean, std,
+                           batch_size: int = 32) -> list[Margins]:
+    """The margins of each case (:class:`Margins`) under ``model`` (a :class:`finer_cam.models.Classifier`: its
+    ``forward_to_target`` gives the target layer's input and output, which the token swap replaces together),
+    with images normalised by ``mean`` and ``std`` (three numbers each)."""
+    import torch
+
+    device = next(model.parameters()).device
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    prefix, patch = model.num_prefix_tokens, model.patch_size
+    names = cfg.class_names
+
+    def tensor(images: list[Image.Image]) -> torch.Tensor:
+        x = torch.from_numpy(np.stack([np.asarray(i) for i in images])).to(device)
+        return (x.permute(0, 3, 1, 2).float() / 255.0 - m) / sd
+
+    out: list[Margins] = []
+    for start in range(0, len(cases), batch_size):
+        batch = cases[start:start + batch_size]
+        originals, swapped, touched = [], [], []
+        for c in batch:
+            image, mask, _ = render(cfg, split, c.cls, c.index)
+            other, _, _ = render(cfg, split, c.cls, c.index, swap={r: names[c.reference] for r in c.regions})
+            originals.append(image)
+            swapped.append(other)
+            touched.append(touched_patches(np.asarray(mask), [REGIONS[r] for r in c.regions], patch))
+        with torch.no_grad():
+            r0, a0 = model.forward_to_target(tensor(originals))
+            r1, a1 = model.forward_to_target(tensor(swapped))
+            keep = torch.zeros(r0.shape[:2], dtype=torch.bool, device=device)
+            keep[:, prefix:prefix + len(touched[0])] = torch.from_numpy(np.stack(touched)).to(device)
+            keep = keep.unsqueeze(-1)
+            logits = [model.forward_from_target(r0, a0), model.forward_from_target(r1, a1),
+                      model.forward_from_target(torch.where(keep, r1, r0), torch.where(keep, a1, a0))]
+        t = torch.tensor([c.cls for c in batch], device=device)
+        ref = torch.tensor([c.reference for c in batch], device=device)
+        gaps = [(y.gather(1, t[:, None]) - y.gather(1, ref[:, None])).squeeze(1).tolist() for y in logits]
+        out += [Margins(float(a), float(b), float(c)) for a, b, c in zip(*gaps)]
+    return out
+
+
+def _rank1_reference(entry: dict, run_modes: list[dict]) -> int | None:
+    """The rank-1 reference class index.jsonl recorded for an entry (from a mode whose ranks hold 1)."""
+    listed = entry.get("references")
+    for mode in run_modes:
+        ranks = mode.get("ranks") or []
+        refs = listed.get(mode.get("name")) if isinstance(listed, dict) else None
+        if 1 in ranks and isinstance(refs, list) and len(refs) > ranks.index(1):
+            return int(refs[ranks.index(1)])
+    return None
+
+
+def swap_effects(cam_dir: str | Path, out: str | Path, device: str = "cpu", batch_size: int = 32) -> int:
+    """Write the swap-effects file (:mod:`finer_cam.swaps`) of a generate_cam.py run on a toy split: for every
+    explained image, against its rank-1 reference (index.jsonl), one row per region. Returns the rows written.
+
+    The model, class names, preprocessing and target layer come from the run's ``run.json``; how to draw each
+    image again from the toy data set's ``masks/<split>/counterfactuals.json``. A region both classes draw
+    alike has no effect and is not drawn again (its swapped margins are the margin)."""
+    from .models import load_classifier
+    from .swaps import SwapRow, write_swaps
+
+    run_info, entries = read_run(cam_dir)
+    root = dataset_root(run_info, None, cam_dir)
+    masks = root.parent / "masks" / root.name
+    cfg, split = read_recipe(masks)
+    names = run_info["class_names"]
+    if names != cfg.class_names:
+        raise FinerCamError(f"--cam_dir {cam_dir}: run.json's classes are not the toy world's ({masks})")
+    backbone, head = run_info.get("backbone") or {}, run_info.get("head") or {}
+    for what, path in (("backbone", backbone.get("path")), ("head", head.get("path"))):
+        if not path or not Path(path).is_file():
+            raise FinerCamError(f"--cam_dir {cam_dir}: the {what} run.json names ({path}) is not a file")
+    model = load_classifier(backbone["path"], head["path"], backbone.get("arch", "auto"), device)
+    if run_info.get("target_layer", model.target_layer_name) != model.target_layer_name:
+        raise FinerCamError(f"--cam_dir {cam_dir}: target layer {run_info['target_layer']!r}; the token swap is "
+                            f"made at {model.target_layer_name}")
+    pre = run_info.get("preprocessing") or {}
+    if pre.get("image_size") != cfg.image_size or pre.get("max_size"):
+        raise FinerCamError(f"--cam_dir {cam_dir}: the run resized the images ({pre.get('image_size')} px); the "
+                            f"toy world's are {cfg.image_size} px")
+    cases, keys = [], []
+    for rel in sorted(entries):
+        entry = entries[rel]
+        if "error" in entry:
+            continue
+        folder, _, stem = rel.partition("/")
+        ref = _rank1_reference(entry, run_info["modes"])
+        if folder not in names or not stem.endswith(".png") or not stem[:-4].isdigit() or ref is None:
+            raise FinerCamError(f"--cam_dir {cam_dir}: {rel} is not a toy image with a rank-1 reference")
+        cls, target = names.index(folder), int(entry["target"])
+        if target != cls:
+            raise FinerCamError(f"--cam_dir {cam_dir}: {rel} explains {names[target]}, not its own class (the toy "
+                                "swaps need --target label)")
+        regions = differing_parts(names[cls], names[ref])
+        cases += [Case(cls, int(stem[:-4]), ref, (r,)) for r in regions]
+        keys.append((rel, cls, ref, regions))
+    if keys:  # the data set on disk is the one the recipe draws
+        rel = keys[0][0]
+        with Image.open(root / rel) as img:
+            drawn = np.asarray(img.convert("RGB"))
+        if not np.array_equal(drawn, np.asarray(render(cfg, split, keys[0][1], int(rel.split("/")[1][:-4]))[0])):
+            raise FinerCamError(f"{root / rel}: not the image {masks / COUNTERFACTUALS} draws (another toy world?)")
+    margins = iter(counterfactual_margins(model.eval(), cfg, split, cases, pre["mean"], pre["std"], batch_size))
+    plain = iter(counterfactual_margins(model, cfg, split, [Case(c, int(r.split("/")[1][:-4]), f, ())
+                                                            for r, c, f, _ in keys], pre["mean"], pre["std"],
+                                        batch_size))
+    rows = []
+    for (rel, cls, ref, regions), base in zip(keys, plain):
+        done = {r: next(margins) for r in regions}
+        for region in REGIONS:
+            got = done.get(region, Margins(base.margin, base.margin, base.margin))
+            rows.append(SwapRow(rel, names[cls], names[ref], region, base.margin, got.swapped, got.token_swapped))
+    write_swaps(out, rows)
+    return len(rows)
+
+
 # ----------------------------------------------------------------------------------------- premise checks
+
+# what the paper's premise asks of the toy world and its backbone (see :func:`premise_checks`)
+PREMISE_THRESHOLDS = {"head_accuracy": 0.95, "sibling_rank1_fraction": 0.90, "locality_accuracy": 0.95,
+                      "part_use_fraction": 0.90, "token_locality_fraction": 0.80}
 
 def premise_checks(root: str | Path, weights: str | Path, head: str | Path, device: str = "cpu",
                    probe_images: int = 100, batch_size: int = 64) -> dict:
@@ -469,7 +692,12 @@ def premise_checks(root: str | Path, weights: str | Path, head: str | Path, devi
       test patches that one region covers to at least a half;
     - ``head_accuracy``: the head's top-1 accuracy on the test split;
     - ``sibling_rank1_fraction``: the share of test images whose rank-1 reference (the class with the
-      logit closest to the true class's, generate_cam.py's default ranking) is a sibling (same group).
+      logit closest to the true class's, generate_cam.py's default ranking) is a sibling (same group);
+    - ``part_use_fraction``: the share of test images for which drawing the regions where the true class
+      differs from its rank-1 reference in the reference's look (same random draws) removes at least half of
+      the margin ``y_true - y_reference`` (an image whose margin is not positive counts as a failure);
+    - ``token_locality_fraction``: the same when only the tokens, at the CAM's target layer (the last block's
+      input and its ``norm1``), of the patches that touch those regions are taken from the swapped drawing.
     """
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -521,11 +749,22 @@ def premise_checks(root: str | Path, weights: str | Path, head: str | Path, devi
     logits_t = torch.from_numpy(logits)
     rank1 = rank_references(logits_t, torch.from_numpy(labels), 1)[:, 0].numpy()
     same_group = np.array([class_parts(names[r])[0] == class_parts(names[t])[0] for r, t in zip(rank1, labels)])
-    return {"locality_accuracy": round(float(np.mean(recalls)), 4),
-            "head_accuracy": round(float((logits.argmax(1) == labels).mean()), 4),
-            "sibling_rank1_fraction": round(float(same_group.mean()), 4),
-            "test_images": int(len(labels)), "probe_patches": {"train": int(len(la)), "test": int(len(lb))},
-            "probe_labels": int(len(recalls))}
+    cfg, split = read_recipe(Path(root) / "masks" / "test")
+    cases = [Case(int(t), int(row["image"].split("/")[1][:-4]), int(r), tuple(differing_parts(names[t], names[r])))
+             for t, r, row in zip(labels, rank1, rows_test)]
+    swapped = counterfactual_margins(model, cfg, split, cases, *NORMALIZATIONS["imagenet"], batch_size=batch_size)
+    half = np.array([[m.margin > 0 and (m.margin - v) >= 0.5 * m.margin for v in (m.swapped, m.token_swapped)]
+                     for m in swapped])
+    report = {"locality_accuracy": round(float(np.mean(recalls)), 4),
+              "head_accuracy": round(float((logits.argmax(1) == labels).mean()), 4),
+              "sibling_rank1_fraction": round(float(same_group.mean()), 4),
+              "part_use_fraction": round(float(half[:, 0].mean()), 4),
+              "token_locality_fraction": round(float(half[:, 1].mean()), 4),
+              "test_images": int(len(labels)), "probe_patches": {"train": int(len(la)), "test": int(len(lb))},
+              "probe_labels": int(len(recalls))}
+    report["thresholds"] = dict(PREMISE_THRESHOLDS)
+    report["holds"] = {k: bool(report[k] >= t) for k, t in PREMISE_THRESHOLDS.items()}
+    return report
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -556,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--image_size", type=int, default=ToyConfig.image_size)
         q.add_argument("--seed", type=int, default=ToyConfig.seed, help="the data set's seed (and the backbone's)")
         q.add_argument("--workers", type=int, default=2, help="processes drawing images")
+        q.add_argument("--part_scale", type=float, default=ToyConfig.part_scale,
+                       help="the wheels, badge and headlight, times their default size")
     d.add_argument("--overwrite", action="store_true", help="write it again even when it is there")
     b.add_argument("--out", default=DEFAULT_WEIGHTS, help="the checkpoint to write (official DINOv2 layout)")
     b.add_argument("--epochs", type=int, default=40, help="passes over the training split (the shipped file: 40)")
@@ -565,6 +806,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--image_parts", type=float, default=1.0,
                    help="weight of the image-level target 'the look of each part' on the pooled features; 0 "
                         "leaves the parts' looks to their own tokens")
+    b.add_argument("--readout", choices=("separate", "tied"), default="separate",
+                   help="how the pooled features name the parts' looks: a readout of their own (the shipped file) or "
+                        "the per-token look readout applied to the mean of the tokens")
+    sw = sub.add_parser("swaps", help="the swap effects of a generate_cam.py run on a toy split: each image drawn "
+                        "again with each part in its rank-1 reference's look, image and token swaps (CSV)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sw.add_argument("--cam_dir", required=True, help="a generate_cam.py output folder (run.json names the model)")
+    sw.add_argument("--out", required=True, help="the CSV to write (image,target,reference,part,margin,...)")
+    sw.add_argument("--device", default="cpu")
     pr = sub.add_parser("premise", help="measure the premise checks (locality probe, head accuracy, look-alike "
                         "siblings) and write them as JSON", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pr.add_argument("--root", default=DEFAULT_ROOT, help="the toy data set")
@@ -578,17 +828,20 @@ def main(argv: list[str] | None = None) -> int:
     def body(stop) -> int:
         if args.command in ("data", "backbone"):
             cfg = ToyConfig(image_size=args.image_size, train_per_class=args.train_per_class,
-                            test_per_class=args.test_per_class, seed=args.seed)
+                            test_per_class=args.test_per_class, seed=args.seed, part_scale=args.part_scale)
             wrote = write_dataset(args.root, cfg, workers=args.workers, overwrite=getattr(args, "overwrite", False))
             print(f"toy data {'written to' if wrote else 'already in'} {args.root}: {len(cfg.class_names)} classes, "
                   f"{cfg.train_per_class} train and {cfg.test_per_class} test images a class", file=sys.stderr)
         if args.command == "backbone":
             report = train_backbone(args.root, args.out, epochs=args.epochs, batch_size=args.batch_size,
                                     seed=args.seed, threads=args.threads, image_parts=args.image_parts,
-                                    device=args.device,
+                                    readout=args.readout, device=args.device,
                                     progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.3f}",
                                                                       file=sys.stderr))
             print(json.dumps(report))
+        elif args.command == "swaps":
+            rows = swap_effects(args.cam_dir, args.out, device=args.device)
+            print(f"{rows} swap rows written to {args.out}", file=sys.stderr)
         elif args.command == "premise":
             for flag, path in (("--weights", args.weights), ("--head", args.head)):
                 if not Path(path).is_file():

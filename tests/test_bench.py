@@ -47,11 +47,19 @@ def test_ablate_toy_runs(tmp_path):
     write_dataset(tmp_path / "toy", ToyConfig(train_per_class=1, test_per_class=1), workers=1)
     head = torch.nn.Linear(128, 16)
     torch.save(head.state_dict(), tmp_path / "head.pth")
+    names = ToyConfig().class_names
+    lines = ["image,target,reference,part,margin,swapped_margin,token_swapped_margin"]  # against any reference
+    for name in names:
+        lines += [f"{name}/00000.png,{name},{other},{part},1,{0 if part == 'wheels' else 1},"
+                  for other in names if other != name for part in ("body", "wheels", "badge", "light", "roof")]
+    (tmp_path / "swaps.csv").write_text("\n".join(lines) + "\n")
     out = _run("bench/ablate_toy.py", "--root", str(tmp_path / "toy"), "--head", str(tmp_path / "head.pth"),
-               "--variants", "gradcam@last", "gradcam@block:2", "--out", str(tmp_path / "ablations.json"))
-    assert "| baseline_r123 |" in out and "| finer |" in out
+               "--variants", "gradcam@last", "gradcam@block:2", "--out", str(tmp_path / "ablations.json"),
+               "--swaps", str(tmp_path / "swaps.csv"))
+    assert "| baseline_r123 |" in out and "| finer |" in out and "swap_top" in out
     results = json.loads((tmp_path / "ablations.json").read_text())
     assert set(results) == {"gradcam@last", "gradcam@block:2"}
+    assert 0 < results["gradcam@last"]["baseline"]["swap_top"]["n"] <= 16
 
 
 @pytest.mark.slow

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import finer_cam.toy as toy
 import train_classifier
 from dinov2 import load_dinov2
 from finer_cam.models import register_toy_arch
 from finer_cam.demo import run_demo
+from finer_cam.swaps import read_swaps
 from finer_cam.toy import (DEFAULT_WEIGHTS, GROUPS, LABELS, PART_COLOURS, REGIONS, ToyConfig, class_attributes,
                            differing_parts, premise_checks, read_mask, render, write_dataset)
 
@@ -155,18 +157,27 @@ def test_the_toy_commands_run(tmp_path):
                "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(again), "--workers", "1")
     assert done.returncode == 0 and again.read_bytes() == out.read_bytes()  # the same file, bit for bit
     register_toy_arch()  # what every loader in finer_cam does first
+    tied = [tmp_path / "tied.pth", tmp_path / "tied_again.pth"]
+    for path in tied:
+        done = run("backbone", "--root", str(root), "--train_per_class", "2", "--test_per_class", "1",
+                   "--image_size", "112", "--epochs", "1", "--batch_size", "16", "--out", str(path), "--workers", "1",
+                   "--readout", "tied", "--threads", "1")
+        assert done.returncode == 0, done.stderr
+    assert tied[0].read_bytes() == tied[1].read_bytes() != out.read_bytes()
     backbone = load_dinov2(str(out), arch="vit_toy")
     assert backbone.embed_dim == 128 and backbone.patch_embed.proj.weight.shape[-1] == 14
     done = run("premise", "--root", str(root), "--head", str(tmp_path / "nothing.pth"))
     assert done.returncode == 2 and "--head" in done.stderr and "Traceback" not in done.stderr
+    done = run("swaps", "--cam_dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "swaps.csv"))
+    assert done.returncode == 2 and "--cam_dir" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
 def test_shipped_backbone_meets_the_premise(tmp_path):
     """The premise checks on a world of another seed at a reduced size (the demo measures them on the whole
-    test split; this one gave 0.978, 0.979 and 0.979): patch tokens
-    tell what their patch shows, a linear head on the pooled tokens names the class, and the class most like
-    the true one is a sibling."""
+    test split; this one gave 0.978, 0.979 and 0.979 for the first three): patch tokens
+    tell what their patch shows, a linear head on the pooled tokens names the class, the class most like
+    the true one is a sibling, and swapping the parts where they differ removes the margin between them."""
     weights = REPO / DEFAULT_WEIGHTS
     assert weights.stat().st_size < 8 * 2**20  # a few MB
     root = tmp_path / "toy"
@@ -175,9 +186,11 @@ def test_shipped_backbone_meets_the_premise(tmp_path):
     assert train_classifier.main(["--data_root", str(root), "--model_path", str(weights), "--arch", "vit_toy",
                                   "--output_dir", str(out), "--image_size", "224", "--num_workers", "0"]) == 0
     premise = premise_checks(root, weights, out / "best_classifier.pth", probe_images=120)
-    assert premise["locality_accuracy"] >= 0.9, premise
+    assert premise["locality_accuracy"] >= 0.95, premise
     assert premise["head_accuracy"] >= 0.95, premise  # the issue's thresholds, on images the backbone never saw
     assert premise["sibling_rank1_fraction"] >= 0.9, premise
+    assert premise["part_use_fraction"] >= 0.9, premise
+    # token_locality_fraction >= 0.8 is the one check this backbone fails (0.600 on the demo's test split)
 
 
 @pytest.mark.slow
@@ -191,10 +204,146 @@ def test_demo_runs_end_to_end_on_a_reduced_size(tmp_path):
     table = (paths["eval"] / "summary.md").read_text()
     assert all(f"| {mode} |" in table for mode in ("baseline", "finer", "compare"))
     assert all(name in table for name in ("energy_part", "energy_object", "energy_difference", "pointing_difference"))
+    assert all(name in table for name in ("swap_rank", "swap_top", "token_rank", "token_top"))
+    swaps = read_swaps(paths["swaps"])
+    assert len(swaps) == 16 * 3 and all(set(parts) == set(REGIONS) for parts in swaps.values())
+    for (image, target, reference), parts in swaps.items():
+        assert image.split("/")[0] == target and target != reference
+        for part, row in parts.items():  # a part both classes draw alike changes nothing
+            if part not in differing_parts(target, reference):
+                assert row.swapped_margin == row.token_swapped_margin == row.margin
     premise = json.loads(paths["premise"].read_text())
-    assert all(0 <= premise[k] <= 1 for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction"))
+    assert all(0 <= premise[k] <= 1 for k in ("locality_accuracy", "head_accuracy", "sibling_rank1_fraction",
+                                              "part_use_fraction", "token_locality_fraction"))
+    assert premise["holds"] == {k: premise[k] >= t for k, t in premise["thresholds"].items()}
     assert any(line.startswith("$ python generate_cam.py") for line in lines)
     assert any(line.startswith("$ python -m finer_cam.toy premise") for line in lines)
+    assert any(line.startswith("$ python -m finer_cam.toy swaps") for line in lines)
+    assert len(list(paths["strip"].rglob("*.png"))) == 1 and any(line.startswith("the strip: ") for line in lines)
     assert any("premise checks" in line for line in lines)
     assert (paths["guide"] / "index.html").is_file() and (paths["guide"] / "guide.json").is_file()
     assert any(str(paths["guide"]) in line and "index.html" in line for line in lines)
+
+
+@pytest.mark.parametrize("name,region,other", [("Sedan Rims", "wheels", "Sedan Beam"),
+                                               ("Hatch Badge", "badge", "Hatch Standard"),
+                                               ("Van Beam", "light", "Van Rims"),
+                                               ("Pickup Standard", "roof", "Sedan Standard"),
+                                               ("Sedan Rims", "body", "Hatch Rims")])
+def test_a_counterfactual_differs_only_inside_the_swapped_region(name, region, other):
+    """Drawn again with one region in another class's look, an image changes inside that region (and the few
+    pixels around it that resampling and blur reach) and nowhere else; its label map stays."""
+    cfg = ToyConfig()
+    cls = cfg.class_names.index(name)
+    for index in range(2):
+        image, mask, _ = render(cfg, "test", cls, index)
+        swapped, swapped_mask, drawn = render(cfg, "test", cls, index, swap={region: other})
+        labels = np.asarray(mask)
+        assert np.array_equal(labels, np.asarray(swapped_mask))
+        diff = np.abs(np.asarray(image, dtype=np.float64) - np.asarray(swapped, dtype=np.float64)).max(-1)
+        where = labels == REGIONS[region]
+        assert diff[_inner(~where, 4)].max() <= 2  # outside the region grown by 4 px
+        assert (diff[_inner(where)] > 25).mean() > 0.3
+        if region in PART_COLOURS:
+            assert drawn["looks"][region] == class_attributes(other)[region]
+
+
+@pytest.mark.parametrize("name,region,other", [("Sedan Standard", "wheels", "Sedan Rims"),
+                                               ("Pickup Standard", "light", "Pickup Beam"),
+                                               ("Van Badge", "badge", "Van Standard")])
+def test_a_counterfactual_takes_the_other_class_look(monkeypatch, name, region, other):
+    """With every class drawing the same random numbers, a class's image with the one region where it differs
+    from a sibling drawn in the sibling's look is the sibling's image, pixel for pixel."""
+    monkeypatch.setattr(toy, "_rng", lambda seed, split, cls, index: np.random.default_rng([seed, index]))
+    assert differing_parts(name, other) == [region]
+    cfg = ToyConfig()
+    a, b = cfg.class_names.index(name), cfg.class_names.index(other)
+    for index in range(2):
+        swapped, _, _ = render(cfg, "test", a, index, swap={region: other})
+        theirs, _, _ = render(cfg, "test", b, index)
+        assert np.array_equal(np.asarray(swapped), np.asarray(theirs))
+    same, _, _ = render(cfg, "test", a, 0, swap={"roof": other})  # a region both look alike in: nothing changes
+    assert np.array_equal(np.asarray(same), np.asarray(render(cfg, "test", a, 0)[0]))
+
+
+class _PatchColours(torch.nn.Module):
+    """A model whose tokens are the patches' mean colours (one prefix token: the image's mean colour) and
+    whose logits are a linear readout of either the mean patch token (local evidence) or the prefix token
+    (evidence held off the patches): the token swap's answer is known without the code."""
+
+    num_prefix_tokens, patch_size = 1, 14
+
+    def __init__(self, weights: torch.Tensor, read_prefix: bool) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(weights)  # [C, 3]
+        self.read_prefix = read_prefix
+
+    def forward_to_target(self, x):
+        patches = torch.nn.functional.avg_pool2d(x, 14).flatten(2).transpose(1, 2)  # [B, N, 3]
+        tokens = torch.cat([x.mean((2, 3))[:, None], patches], 1)
+        return tokens, tokens * 2
+
+    def forward_from_target(self, residual, activation):
+        pooled = activation[:, 0] if self.read_prefix else activation[:, 1:].mean(1)
+        return pooled @ self.w.T
+
+
+def test_counterfactual_margins_against_models_with_a_known_answer():
+    cfg = ToyConfig()
+    rims, standard = cfg.class_names.index("Sedan Rims"), cfg.class_names.index("Sedan Standard")
+    weights = torch.zeros(16, 3)
+    weights[rims] = torch.tensor([1.0, 0.5, -2.0])  # gold rims are yellow: red and green up, blue down
+    cases = [toy.Case(rims, i, standard, ("wheels",)) for i in range(3)] + [toy.Case(rims, 0, standard, ())]
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    local = toy.counterfactual_margins(_PatchColours(weights, False), cfg, "test", cases, mean, std, batch_size=2)
+    far = toy.counterfactual_margins(_PatchColours(weights, True), cfg, "test", cases, mean, std)
+    for i, (m, f) in enumerate(zip(local[:3], far[:3])):
+        image, mask, _ = render(cfg, "test", rims, i)
+        swapped, _, _ = render(cfg, "test", rims, i, swap={"wheels": "Sedan Standard"})
+        expect = [2 * (np.asarray(im, dtype=np.float64) / 255).mean((0, 1)) @ weights[rims].double().numpy()
+                  for im in (image, swapped)]  # the readout's input is twice the image's mean colour
+        assert m.margin == pytest.approx(expect[0], abs=1e-4) and m.swapped == pytest.approx(expect[1], abs=1e-4)
+        assert m.swapped < m.margin  # silver rims are less yellow
+        # the evidence is in the patches: the tokens touching the wheels carry all of it (up to the few
+        # blurred pixels that spill into the next patches)
+        assert m.token_swapped == pytest.approx(m.swapped, abs=0.02 * abs(m.margin - m.swapped))
+        # the evidence is off the patches: swapping the patches' tokens changes nothing
+        assert f.token_swapped == pytest.approx(f.margin, abs=1e-6) and f.swapped != pytest.approx(f.margin)
+    assert local[3].margin == local[3].swapped == local[3].token_swapped  # nothing swapped
+
+
+def test_touched_patches():
+    labels = np.zeros((28, 42), np.uint8)
+    labels[13, 14] = 2  # one pixel in patch (0, 1)
+    labels[20:, 30:] = 3
+    assert toy.touched_patches(labels, [2], 14).tolist() == [False, True, False, False, False, False]
+    assert toy.touched_patches(labels, [2, 3], 14).tolist() == [False, True, False, False, False, True]
+
+
+def test_the_strip_is_chosen_by_its_rule():
+    from finer_cam.demo import choose_strip
+    from finer_cam.swaps import SwapRow
+
+    def rows(image, target, reference, margin):
+        return {(image, target, reference): {"badge": SwapRow(image, target, reference, "badge", margin, 0.0)}}
+
+    swaps = {}
+    for k, m in enumerate([3.0, 1.0, 2.0, 9.0]):  # median (lower middle) 2.0
+        swaps |= rows(f"A/{k}.png", "A", "B", m)
+    for k, m in enumerate([1.5, 2.5, 2.6]):  # median 2.5
+        swaps |= rows(f"C/{k}.png", "C", "D", m)
+    swaps |= rows("E/0.png", "E", "F", 0.1)  # the smallest margin, but a pair of one image
+    assert choose_strip(swaps) == "A/2.png"
+    assert choose_strip(rows("E/0.png", "E", "F", 0.1)) == "E/0.png"
+
+
+def test_part_scale_grows_the_parts():
+    """``--part_scale 1.4``: the same car with wheels, badge and headlight about 1.4 times as large (about
+    1.96 times the area; the headlight is cut at the car's front)."""
+    for cls in (0, 9):
+        small = np.asarray(render(ToyConfig(), "test", cls, 1)[1])
+        large = np.asarray(render(ToyConfig(part_scale=1.4), "test", cls, 1)[1])
+        for part, low in (("wheels", 1.7), ("badge", 1.7), ("light", 1.4)):
+            ratio = (large == REGIONS[part]).sum() / (small == REGIONS[part]).sum()
+            assert low < ratio < 2.2, (part, ratio)
+        assert (large == REGIONS["roof"]).sum() == (small == REGIONS["roof"]).sum()
