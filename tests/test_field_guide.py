@@ -334,7 +334,7 @@ def test_swap_effects_are_read_as_the_shared_format_says(tmp_path):
     assert swaps.decisive("A", "C") is None
     with pytest.raises(FinerCamError, match="line 2"):
         read_swaps(_swaps(tmp_path, HEADER + "A/0.png,A,B,wheels,two,0.5,\n"))
-    with pytest.raises(FinerCamError, match="no column swapped_margin"):
+    with pytest.raises(FinerCamError, match="the header must be"):
         read_swaps(_swaps(tmp_path, "image,target,reference,part,margin\nA/0.png,A,B,wheels,1\n"))
 
 

@@ -11,16 +11,15 @@ part with the largest mean effect over its rows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FinerCamError
-from ..evaluate import read_attributes, read_csv_rows
+from ..evaluate import read_attributes
+from ..swaps import read_swaps as read_swap_rows
 
-SWAP_COLUMNS = ("image", "target", "reference", "part", "margin", "swapped_margin")
 SOURCES = ("plain", "contrastive")  # the guide of the plain maps (ranked by their share) or of the contrast (lift)
 
 
@@ -40,26 +39,15 @@ class SwapEffects:
 
 
 def read_swaps(path: str | Path, flag: str = "--swaps") -> SwapEffects:
-    """The swap-effects CSV (UTF-8, a byte-order mark accepted); a missing column or a number that is not one
-    is a FinerCamError naming the file and line."""
-    rows = read_csv_rows(Path(path), flag)
-    if rows and any(c not in rows[0] for c in SWAP_COLUMNS):
-        missing = [c for c in SWAP_COLUMNS if c not in rows[0]]
-        raise FinerCamError(f"{flag} {path}: no column {', '.join(missing)} (expected "
-                            f"{','.join(SWAP_COLUMNS)},token_swapped_margin)")
+    """The swap-effects file, read by :func:`finer_cam.swaps.read_swaps` (its one reader), as the effects per
+    pair of classes and part; a malformed file is a FinerCamError naming the file and line."""
     out = SwapEffects()
-    for line, row in enumerate(rows, start=2):
-        try:
-            margin, swapped = float(row["margin"]), float(row["swapped_margin"])
-            key, part = (str(row["target"]), str(row["reference"])), str(row["part"])
-        except (TypeError, ValueError):
-            raise FinerCamError(f"{flag} {path}: line {line}: margin and swapped_margin must be numbers") from None
-        if not (math.isfinite(margin) and math.isfinite(swapped)):
-            raise FinerCamError(f"{flag} {path}: line {line}: margin and swapped_margin must be finite numbers")
-        if margin <= 0:
-            out.skipped += 1
-            continue
-        out.effects.setdefault(key, {}).setdefault(part, []).append((margin - swapped) / margin)
+    for (_, target, reference), parts in read_swap_rows(path, flag).items():
+        for part, row in parts.items():
+            if row.effect is None:  # a non-positive margin: the model does not prefer the target
+                out.skipped += 1
+                continue
+            out.effects.setdefault((target, reference), {}).setdefault(part, []).append(row.effect)
     return out
 
 
