@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter, add_max_pixels_argument, main_guard, one_of,
-                           parse_flags, tqdm_bar)
+from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter, add_max_pixels_argument,
+                           add_num_workers_argument, main_guard, one_of, parse_flags, tqdm_bar)
 from finer_cam.guide import GuideConfig, run_guide
 from finer_cam.guide.pairs import RANK_BY
 from finer_cam.progress import StopRequest
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier_path", default=None, help="head file (default: run.json's)")
     p.add_argument("--arch", default=None, help="backbone architecture (default: run.json's)")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass when discovering parts")
-    p.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding images")
+    add_num_workers_argument(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (for discovering parts)")
     p.add_argument("--thumb", type=int, default=160, help="thumbnail height in pixels")
     add_max_pixels_argument(p)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import checks
 from ..data import MAX_PIXELS
-from ..device import resolve_device
+from ..device import loader_workers, resolve_device
 from ..errors import ArgumentError, FinerCamError
 from ..io import FolderLock, OUTPUT_MARKER, SkippedFile, check_folder, dataset_root, inside, read_map_file, read_run
 from ..progress import BarFactory, StopRequest, open_bar
@@ -61,7 +61,7 @@ class GuideConfig:
     classifier_path: str | None = None
     arch: str | None = None
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # device.loader_workers
     device: str = "auto"
     max_pixels: int | None = MAX_PIXELS
     thumb: int = 160  # thumbnail height in pixels
@@ -281,6 +281,6 @@ def _discover(cfg: GuideConfig, run_info: dict, samples: list[Sample], root: Pat
     work = Path(tempfile.mkdtemp(prefix=".tokens-", dir=built))
     try:
         return discover_parts(samples, root, model, run_info, cfg.parts_k, work, device, cfg.batch_size,
-                              cfg.num_workers, cfg.max_pixels, progress=progress, stop=stop)
+                              loader_workers(cfg.num_workers, device), cfg.max_pixels, progress=progress, stop=stop)
     finally:
         shutil.rmtree(work, ignore_errors=True)
