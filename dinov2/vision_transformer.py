@@ -36,7 +36,9 @@ def read_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict
         raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors, which could run "
                               "code when loaded (only weights-only checkpoints are read)") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint ({type(exc).__name__})") from None
+        lines = str(exc).strip().splitlines()  # truncated zip, not a torch file...
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint "
+                              f"({lines[0][:200] if lines else type(exc).__name__})") from None
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
