@@ -15,14 +15,14 @@ test-deps: install
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
-# the linter first (its rules are in pyproject.toml), then the whole suite
+# the linter first (its rules are in pyproject.toml), then the whole suite, one pytest-xdist worker a core
 test: test-deps
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n auto tests
 
 # the tests not marked slow (pytest.ini), about a minute on two CPU cores
 test-fast: test-deps
-	$(PYTHON) -m pytest -q -m "not slow" tests
+	$(PYTHON) -m pytest -q -n auto -m "not slow" tests
 
 bench: test-deps
 	$(PYTHON) bench/bench_generate.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -11,6 +12,16 @@ from PIL import Image
 
 from dinov2 import DinoVisionTransformer, ViTConfig
 from finer_cam.models import Classifier
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``), the workers share the cores: each takes its share of
+    torch's threads, and so do the scripts the tests start (``OMP_NUM_THREADS``), instead of each using all."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 def tiny_classifier(num_classes: int = 10, seed: int = 0, embed_dim: int = 64, depth: int = 3,
