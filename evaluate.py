@@ -11,7 +11,10 @@ import sys
 from finer_cam.cli import (EXIT_FAILED_ITEMS, EXIT_OK, HelpFormatter,
                            add_max_pixels_argument, add_num_workers_argument, main_guard, one_of,
                            parse_flags, tqdm_bar)
-from finer_cam.evaluate import FILLS, MASK_FORMATS, EvaluateConfig, format_table, run_evaluate
+from finer_cam.evaluate import EvaluateConfig, run_evaluate
+from finer_cam.ground_truth import MASK_FORMATS
+from finer_cam.perturbations import FILLS
+from finer_cam.report import format_table
 from finer_cam.progress import StopRequest
 
 PROG = "evaluate.py"

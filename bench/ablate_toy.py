@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from finer_cam.cam import FinerCAM, normalize_maps, resize_maps  # noqa: E402
 from finer_cam.data import NORMALIZATIONS  # noqa: E402
-from finer_cam.evaluate import SWAP_METRICS, GroundTruth, swap_agreement  # noqa: E402
+from finer_cam.ground_truth import SWAP_METRICS, GroundTruth, swap_agreement  # noqa: E402
 from finer_cam.metrics import energy_inside, mean_ci, pointing_hit  # noqa: E402
 from finer_cam.models import load_classifier  # noqa: E402
 from finer_cam.swaps import read_swaps  # noqa: E402

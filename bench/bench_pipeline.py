@@ -50,7 +50,7 @@ from finer_cam.data import ImageDataset  # noqa: E402
 from finer_cam.device import autocast  # noqa: E402
 from finer_cam.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from finer_cam.generate import GenerateConfig, prepare, run_generate  # noqa: E402
-from finer_cam.io import MapWriter, RunFolder, save_maps  # noqa: E402
+from finer_cam.runstore import MapWriter, RunFolder, save_maps  # noqa: E402
 from finer_cam.train import Failures, FeatureCache, TrainConfig, extract_features  # noqa: E402
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finer_cam.cli import setup_logging  # noqa: E402
 from finer_cam.guide import GuideConfig, run_guide  # noqa: E402
 from finer_cam.guide.truth import format_rows, read_swaps, score_guide  # noqa: E402
-from finer_cam.io import read_run  # noqa: E402
+from finer_cam.runstore import read_run  # noqa: E402
 
 HEADER = ["| run | guide of | parts | true differing part | chance | decisive part | chance |",
           "| --- | --- | --- | ---: | ---: | ---: | ---: |"]

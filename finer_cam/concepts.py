@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArgumentError
-from .io import read_text
+from .userfiles import read_text
 
 DEFAULT_PROMPT = "a photo of a {}."
 SLOT = "{}"

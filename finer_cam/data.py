@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .errors import ArgumentError
-from .io import OUTPUT_MARKER, is_special, read_text
+from .atomic import OUTPUT_MARKER
+from .userfiles import is_special, read_text
 
 log = logging.getLogger("finer_cam")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}

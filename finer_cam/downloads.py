@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import CheckpointError
-from .io import atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 try:
     import fcntl

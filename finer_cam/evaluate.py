@@ -26,36 +26,31 @@ variants of a batch of images, for all modes, all k and all curve steps, go thro
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import checks
 from .cam import normalize_maps, resize_maps
-from .data import MAX_PIXELS, ImageDataset, ImageError, Preprocess, make_loader, open_image
+from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
 from .device import loader_workers, resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
-from .io import (INDEX_FILE, FolderLock, SkippedFile, atomic_write_bytes, check_folder, claim_output, dataset_root,
-                 entry_map, inside, is_special, read_map_file, read_run, read_text, safe_relative, write_json)
-from .metrics import (blurred, compose, curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
-                      relative_drop, top_percent_mask)
+from .ground_truth import MASK_FORMATS, SWAP_METRICS, GroundTruth, swap_agreement
+from .metrics import curve_auc, energy_inside, mean_ci, pointing_hit
 from .models import load_classifier
+from .perturbations import FILLS, evaluate_group, pct
 from .progress import BarFactory, StopRequest, open_bar
+from .report import OUTPUT_FILES, write_outputs
+from .runstore import INDEX_FILE, SkippedFile, dataset_root, entry_map, read_map_file, read_run
 from .targets import rank_references, weight_cosine
+from .userfiles import check_folder, claim_output, inside
 
 log = logging.getLogger("finer_cam")
-FILLS = ("mean", "blur")
-MASK_FORMATS = ("auto", "binary", "levels", "labels")
 VARIANT_BUDGET = 64 * 2**20  # mask elements (bytes of bool) built at once for one group of images
-OUTPUT_FILES = ("summary.md", "summary.csv", "summary.json", "per_image.csv", "curves.png", "rd_bars.png")
 
 
 @dataclass
@@ -89,8 +84,8 @@ class EvaluateConfig:
         if not self.percent or any(not 0 < p < 100 for p in self.percent):
             raise ArgumentError("percent", " ".join(map(str, self.percent)), "each must be between 0 and 100 "
                                 "(exclusive)")
-        if len({_pct(p) for p in self.percent}) != len(self.percent):
-            raise ArgumentError("percent", " ".join(map(_pct, self.percent)), "a percentage is given twice")
+        if len({pct(p) for p in self.percent}) != len(self.percent):
+            raise ArgumentError("percent", " ".join(map(pct, self.percent)), "a percentage is given twice")
         checks.num_workers(self.num_workers)
         checks.max_pixels(self.max_pixels)
         checks.at_least("steps", self.steps, 0, "0 (no curves) or more")
@@ -114,16 +109,8 @@ class EvaluateResult:
     metrics: list[str] = field(default_factory=list)
     main: bool = True  # rank 0 of a torchrun run (or the only process): the one that writes and reports
 
-
-def _pct(p: float) -> str:
-    return f"{p:g}"
-
-
-SWAP_METRICS = ("swap_rank", "swap_top", "token_rank", "token_top")
-
-
 def metric_names(cfg: EvaluateConfig, localisation: list[str]) -> list[str]:
-    names = [f"rd@{_pct(p)}" for p in cfg.percent] + [f"drop@{_pct(p)}" for p in cfg.percent]
+    names = [f"rd@{pct(p)}" for p in cfg.percent] + [f"drop@{pct(p)}" for p in cfg.percent]
     if cfg.steps > 0:
         names += ["deletion_auc", "insertion_auc"]
     for region in localisation:
@@ -132,311 +119,6 @@ def metric_names(cfg: EvaluateConfig, localisation: list[str]) -> list[str]:
         names += list(SWAP_METRICS)
     return names
 
-
-# ------------------------------------------------------------------------------ counterfactual agreement
-
-def part_densities(maps: np.ndarray, labels: np.ndarray, regions: dict[str, int]) -> list[dict[str, float]]:
-    """Per map of ``maps`` ``[M, H, W]``, each region's density: the map's mean over the region's pixels of
-    the label map ``[H, W]`` over its mean over the image (1: as dense as a uniform map); NaN for a region the
-    image does not show or a map without mass."""
-    out = []
-    for m in maps.astype(np.float64):
-        total = m.mean()
-        out.append({name: float(m[labels == value].mean() / total) if total > 0 and (labels == value).any()
-                    else float("nan") for name, value in regions.items()})
-    return out
-
-
-def swap_agreement(maps: np.ndarray, labels: np.ndarray, regions: dict[str, int],
-                   rows: dict | None) -> list[dict[str, float]]:
-    """Per map ``[M, H, W]``, the counterfactual agreement (:data:`SWAP_METRICS`) with the swap rows of one
-    (image, target, reference) (part -> :class:`finer_cam.swaps.SwapRow`; None: the file has none, all NaN)."""
-    from .swaps import agreement
-
-    nan = {name: float("nan") for name in SWAP_METRICS}
-    if not rows:
-        return [dict(nan) for _ in maps]
-    image_effects = {p: r.effect for p, r in rows.items()}
-    token_effects = {p: r.token_effect for p, r in rows.items()}
-    out = []
-    for density in part_densities(maps, labels, regions):
-        a, t = agreement(density, image_effects), agreement(density, token_effects)
-        out.append({"swap_rank": a.rank, "swap_top": a.top, "token_rank": t.rank, "token_top": t.top})
-    return out
-
-
-# ------------------------------------------------------------------------------------------- ground truth
-
-class GroundTruth:
-    """Regions by image, from mask files (``DIR/<relative path>.png``) or a CSV of boxes (``image,x1,y1,x2,y2``
-    in pixels of the original image; several rows of an image are joined).
-
-    The masks' encoding is one for the whole folder, never guessed per image (``mask_format``):
-
-    - ``binary``: the object where the pixel is 128 or more (0/255 masks, anti-aliased ones included);
-    - ``levels``: 0 background, 128 the object, 255 its discriminative part (thresholds at 64 and 192);
-    - ``labels``: a label map, its values named by ``DIR/labels.json``:
-      ``{"background": 0, "regions": {"body": 1, "wheels": 2, ...}, "parts": ["wheels", ...]}``; the object is
-      every region, the part the union of ``parts``;
-    - ``auto``: ``labels`` when ``DIR/labels.json`` exists, else ``binary``.
-
-    With ``labels`` and a class-attribute file (``{"classes": {name: {region: look, ...}}}``), the regions
-    where two classes look different (:meth:`difference`) give the pair-level ground truth.
-    With ``parts`` (a CSV ``image,part,x,y`` of visible part locations), the discs of radius ``part_radius``
-    (a fraction of the image's shorter side) around them are the region ``parts``.
-    """
-
-    def __init__(self, masks: str | None, boxes: str | None, mask_format: str = "auto",
-                 attributes: str | None = None, class_names: list[str] | None = None, parts: str | None = None,
-                 part_radius: float = 0.1, max_pixels: int | None = MAX_PIXELS) -> None:
-        self.masks = Path(masks) if masks else None
-        self.max_pixels = max_pixels  # masks are images: the same decompression-bomb guard
-        if self.masks is not None and not self.masks.is_dir():
-            raise FinerCamError(f"--masks {masks}: no such folder")
-        if mask_format not in MASK_FORMATS:
-            raise ArgumentError("mask_format", mask_format, f"expected one of {', '.join(MASK_FORMATS)}")
-        self.format = resolve_mask_format(masks, mask_format)
-        self.legend: dict | None = None
-        if self.format == "labels":
-            self.legend = read_labels(self.masks / "labels.json")
-        self.boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-        if boxes:
-            self.boxes = _read_boxes(Path(boxes))
-        self.looks: dict[int, dict[str, object]] | None = None
-        if attributes:
-            if self.format != "labels":
-                raise FinerCamError(f"--attributes {attributes}: needs --masks with a label map (labels.json), "
-                                    "which says where each region is")
-            self.looks = read_attributes(Path(attributes), class_names or [], self.legend["regions"])
-        self.regions = {None: [], "binary": ["object"], "levels": ["part", "object"],
-                        "labels": ["part", "object"]}[self.format]
-        if boxes:
-            self.regions = ["box"]
-        if self.looks is not None:
-            self.regions = self.regions + ["difference"]
-        self.parts: dict[str, list[tuple[float, float]]] = _read_parts(Path(parts)) if parts else {}
-        self.part_radius = part_radius
-        if parts:
-            self.regions = self.regions + ["parts"]
-
-    def __call__(self, rel: str, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
-        """Boolean regions ``[H, W]`` for image ``rel`` of ``size = (W, H)`` and, for label maps, the map
-        itself ``[H, W]``; None when the image has none. An unreadable mask raises :class:`SkippedFile`."""
-        regions, labels = self._regions(rel, size) or ({}, None)
-        if rel in self.parts:
-            regions = {**regions, "parts": part_discs(self.parts[rel], size, self.part_radius * min(size))}
-        return (regions, labels) if regions else None
-
-    def _regions(self, rel: str, size: tuple[int, int]) -> tuple[dict[str, np.ndarray], np.ndarray | None] | None:
-        if self.masks is not None:
-            path = inside(self.masks, Path(rel).with_suffix(".png").as_posix(), "--masks", follow_links=True)
-            if is_special(path):  # a FIFO or a device would block the read for ever
-                raise SkippedFile(path, "not a regular file (a FIFO, device or socket)")
-            if not path.is_file():
-                return None
-            try:
-                with open_image(path, self.max_pixels) as img:
-                    values = np.asarray(img.convert("L"))
-            except ImageError as exc:
-                raise SkippedFile(path, f"mask: {exc}") from None
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise SkippedFile(path, f"unreadable mask ({exc})") from None
-            if values.shape != (size[1], size[0]):
-                values = np.asarray(Image.fromarray(values).resize(size, Image.NEAREST))
-            if self.format == "binary":
-                return {"object": values >= 128}, None
-            if self.format == "levels":
-                return {"part": values >= 192, "object": values >= 64}, None
-            regions = self.legend["regions"]
-            parts = [regions[p] for p in self.legend["parts"]]
-            return {"part": np.isin(values, parts), "object": np.isin(values, list(regions.values()))}, values
-        if rel in self.boxes:
-            region = np.zeros((size[1], size[0]), bool)
-            for x1, y1, x2, y2 in self.boxes[rel]:
-                region[max(0, int(y1)):max(0, int(np.ceil(y2))), max(0, int(x1)):max(0, int(np.ceil(x2)))] = True
-            return {"box": region}, None
-        return None
-
-    def difference(self, labels: np.ndarray, target: int, references: list[int]) -> np.ndarray | None:
-        """Where class ``target`` looks different from any of ``references``: the union of the regions
-        (of the label map ``[H, W]``) whose looks differ, ``bool [H, W]``; None when no region differs."""
-        mine = self.looks.get(target)
-        values = set()
-        for r in references:
-            theirs = self.looks.get(r)
-            if mine is None or theirs is None:
-                return None
-            values |= {v for v, look in mine.items() if theirs.get(v) != look}
-        return np.isin(labels, sorted(values)) if values else None
-
-
-def resolve_mask_format(masks: str | None, mask_format: str) -> str | None:
-    """The encoding of a mask folder: ``mask_format``, or for ``auto`` ``labels`` when the folder has a
-    ``labels.json`` and ``binary`` otherwise; None without masks."""
-    if not masks:
-        return None
-    if mask_format != "auto":
-        return mask_format
-    return "labels" if (Path(masks) / "labels.json").is_file() else "binary"
-
-
-def read_labels(path: Path) -> dict:
-    """A mask folder's ``labels.json`` (see :class:`GroundTruth`), checked."""
-    try:
-        legend = json.loads(read_text(path, f"--masks: {path}"))
-        regions = {str(k): int(v) for k, v in legend["regions"].items()}
-        parts = [str(p) for p in legend.get("parts", [])]
-        background = int(legend.get("background", 0))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise FinerCamError(f"--masks: {path}: expected {{\"background\": 0, \"regions\": {{name: value}}, "
-                            f"\"parts\": [names]}} ({exc})") from None
-    unknown = [p for p in parts if p not in regions]
-    if unknown or background in regions.values():
-        raise FinerCamError(f"--masks: {path}: 'parts' names {unknown} not in 'regions', or the background value "
-                            "is also a region's")
-    return {"background": background, "regions": regions, "parts": parts}
-
-
-def read_attributes(path: Path, class_names: list[str], regions: dict[str, int]) -> dict[int, dict[int, object]]:
-    """``--attributes``: ``{"classes": {class name: {region name: look}}}`` -> class index -> {label value:
-    look}, for the regions the label map names (other keys are left out). Every class of the run must be
-    there."""
-    try:
-        classes = json.loads(read_text(path, f"--attributes {path}"))["classes"]
-        looks = {name: {regions[k]: json.dumps(v, sort_keys=True) for k, v in classes[name].items() if k in regions}
-                 for name in class_names if name in classes}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise FinerCamError(f"--attributes {path}: expected {{\"classes\": {{class name: {{region: look}}}}}} "
-                            f"({exc})") from None
-    missing = [n for n in class_names if n not in looks]
-    if missing:
-        raise FinerCamError(f"--attributes {path}: no attributes for {len(missing)} of the run's classes "
-                            f"(first: {missing[0]!r})")
-    return {i: looks[n] for i, n in enumerate(class_names)}
-
-
-def part_discs(points: list[tuple[float, float]], size: tuple[int, int], radius: float) -> np.ndarray:
-    """The pixels (``[H, W]`` bool, ``size = (W, H)``) within ``radius`` of any of the ``(x, y)`` points (pixel
-    centres at +0.5)."""
-    ys, xs = np.mgrid[0:size[1], 0:size[0]] + 0.5
-    region = np.zeros((size[1], size[0]), bool)
-    for x, y in points:
-        region |= (xs - x) ** 2 + (ys - y) ** 2 <= radius ** 2
-    return region
-
-
-def read_csv_rows(path: Path, flag: str) -> list[dict]:
-    """A user's CSV file (UTF-8, with or without a byte-order mark) as rows keyed by its header."""
-    text = read_text(path, f"{flag} {path}")
-    try:
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    except csv.Error as exc:
-        raise FinerCamError(f"{flag} {path}: not a CSV file ({exc})") from None
-
-
-def read_named_parts(path: Path, flag: str = "--parts") -> dict[str, list[tuple[str, float, float]]]:
-    """The part locations CSV ``image,part,x,y`` (prepare_dataset.py cub): image path -> its visible parts as
-    ``(name, x, y)`` in pixels of the original image."""
-    rows = read_csv_rows(path, flag)
-    parts: dict[str, list] = {}
-    for i, row in enumerate(rows, start=2):
-        try:
-            point = (str(row["part"]), float(row["x"]), float(row["y"]))
-            parts.setdefault(row["image"], []).append(point)
-        except (KeyError, TypeError, ValueError):
-            raise FinerCamError(f"{flag} {path}: line {i}: expected columns image,part,x,y with numbers") from None
-    return parts
-
-
-def _read_parts(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """The part locations CSV ``image,part,x,y``: image path -> its visible parts' points."""
-    return {image: [(x, y) for _, x, y in points] for image, points in read_named_parts(path).items()}
-
-
-def _read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """The boxes CSV (UTF-8, with or without a byte-order mark): image path (relative, as in index.jsonl)
-    -> its boxes."""
-    rows = read_csv_rows(path, "--boxes")
-    boxes: dict[str, list] = {}
-    for i, row in enumerate(rows, start=2):
-        try:
-            box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-            image = row["image"]
-        except (KeyError, TypeError, ValueError):
-            raise FinerCamError(f"--boxes {path}: line {i}: expected columns image,x1,y1,x2,y2 with numbers") from None
-        if not all(np.isfinite(box)):
-            raise FinerCamError(f"--boxes {path}: line {i}: a coordinate is not a finite number")
-        if safe_relative(image) is None:
-            raise FinerCamError(f"--boxes {path}: line {i}: image {image!r} is not a path relative to the data "
-                                "set's root (as index.jsonl names it)")
-        boxes.setdefault(image, []).append(box)
-    return boxes
-
-
-# ---------------------------------------------------------------------------------------------- the model
-
-def _probabilities(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([torch.softmax(model(chunk), dim=1) for chunk in images.split(batch_size)])
-
-
-def _variants(model, x: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor, owner: torch.Tensor,
-              batch_size: int) -> torch.Tensor:
-    """Probabilities ``[J, C]`` of ``J`` masked images: image ``owner[j]`` where ``keep[j]``, its fill elsewhere."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(owner), batch_size):
-            idx = owner[start:start + batch_size]
-            out.append(torch.softmax(model(compose(x[idx], fill[idx], keep[start:start + batch_size])), dim=1))
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def evaluate_group(model, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, refs: torch.Tensor,
-                   cfg: EvaluateConfig) -> dict[str, torch.Tensor]:
-    """Every perturbation metric of ``B`` images and ``M`` modes: ``x [B, 3, H, W]``, maps ``[B, M, H, W]``
-    (normalised, at the input size), target and reference classes ``[B]``. Returns ``name -> [B, M]`` and
-    the curves ``deletion``/``insertion`` ``[B, M, S + 1]``."""
-    B, M, H, W = maps.shape
-    fill = torch.zeros_like(x) if cfg.fill == "mean" else blurred(x)
-    p0 = _probabilities(model, x, cfg.batch_size)  # [B, C]
-    flat_maps = maps.reshape(B * M, H, W)
-    owner_bm = torch.arange(B, device=x.device).repeat_interleave(M)  # image of each (b, m)
-    keeps, owners = [], []
-    for p in cfg.percent:
-        keeps.append(~top_percent_mask(flat_maps, p))
-        owners.append(owner_bm)
-    S = cfg.steps
-    if S > 1:  # the inner steps; the ends are the image itself and the fill alone, the same for every mode
-        ranks = pixel_ranks(flat_maps)  # [B*M, H, W]
-        counts = [round(s / S * H * W) for s in range(1, S)]
-        deletion = torch.stack([ranks >= n for n in counts], dim=1)  # keep the pixels not yet removed
-        insertion = torch.stack([ranks < n for n in counts], dim=1)  # keep the pixels revealed so far
-        keeps += [deletion.reshape(-1, H, W), insertion.reshape(-1, H, W)]
-        owners += [owner_bm.repeat_interleave(S - 1)] * 2
-    probs = _variants(model, x, fill, torch.cat(keeps), torch.cat(owners), cfg.batch_size)  # [J, C]
-    c = targets.repeat_interleave(M)
-    d = refs.repeat_interleave(M)
-    base = p0[owner_bm]
-    out: dict[str, torch.Tensor] = {}
-    offset = 0
-    for p in cfg.percent:
-        after = probs[offset:offset + B * M]
-        offset += B * M
-        out[f"rd@{_pct(p)}"] = relative_drop(base, after, c, d).view(B, M)
-        out[f"drop@{_pct(p)}"] = (base.gather(1, c.view(-1, 1)) - after.gather(1, c.view(-1, 1))).view(B, M)
-    if S > 0:
-        # the fill alone: one forward for the mean fill (the same zero image for all), else one per image
-        p_fill = (_probabilities(model, fill[:1], 1).expand(B, -1) if cfg.fill == "mean"
-                  else _probabilities(model, fill, cfg.batch_size))
-        whole = base.gather(1, c.view(-1, 1)).view(B, M, 1)
-        empty = p_fill[owner_bm].gather(1, c.view(-1, 1)).view(B, M, 1)
-        n = B * M * (S - 1)
-        tgt = c.repeat_interleave(S - 1).view(-1, 1)
-        for name, first, last in (("deletion", whole, empty), ("insertion", empty, whole)):
-            inner = probs[offset:offset + n].gather(1, tgt).view(B, M, S - 1)
-            out[name] = torch.cat([first, inner, last], dim=2)
-            offset += n
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -540,7 +222,7 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
         rows = [r for r in result.rows if r["mode"] == mode]
         result.summary[mode] = {name: _summary(rows, name) for name in names}
     result.images = len({r["image"] for r in result.rows})
-    _write_outputs(cfg, run_info, result, curves, modes)
+    write_outputs(cfg, run_info, result, curves, modes)
     return result
 
 
@@ -679,98 +361,3 @@ def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, mode
     if cfg.steps > 0:
         curves["deletion"].append(out["deletion"].cpu().numpy())
         curves["insertion"].append(out["insertion"].cpu().numpy())
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-
-def format_table(result: EvaluateResult) -> str:
-    """The summary as a Markdown table: one row per mode, ``mean ± ci95`` per metric, and the count."""
-    header = ["mode", *result.metrics, "images"]  # a metric measured on fewer images says on how many
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    for mode, metrics in result.summary.items():
-        cells = [mode]
-        most = max((metrics[n]["n"] for n in result.metrics), default=0)
-        for name in result.metrics:
-            s = metrics[name]
-            cell = ("n/a" if s["n"] == 0 else f"{s['mean']:.3f} ± {s['ci95']:.3f}" if np.isfinite(s["ci95"])
-                    else f"{s['mean']:.3f}")
-            cells.append(cell + (f" (n={s['n']})" if 0 < s["n"] < most else ""))
-        cells.append(str(most))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
-
-
-def _write_outputs(cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves, modes: list[str]) -> None:
-    out = Path(cfg.out)
-    lock = FolderLock(out, "out")  # also marks the figures as outputs, never read as images
-    try:
-        _write_tables(out, cfg, run_info, result, curves, modes)
-    finally:
-        lock.release()
-
-
-def _write_tables(out: Path, cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves,
-                  modes: list[str]) -> None:
-    base = ["image", "mode", "target", "reference", "p_target", "p_reference"]
-    _write_csv(out / "per_image.csv", base + result.metrics, result.rows)
-    summary_rows = []
-    for mode, metrics in result.summary.items():
-        for name, s in metrics.items():
-            summary_rows.append({"mode": mode, "metric": name, "mean": s["mean"], "ci95": s["ci95"], "n": s["n"]})
-    _write_csv(out / "summary.csv", ["mode", "metric", "mean", "ci95", "n"], summary_rows)
-    settings = {k: getattr(cfg, k) for k in ("cam_dir", "percent", "fill", "steps", "masks", "boxes", "parts",
-                                             "part_radius", "limit", "attributes", "swaps")}
-    settings["mask_format"] = resolve_mask_format(cfg.masks, cfg.mask_format)
-    write_json(out / "summary.json", {
-        "settings": settings, "modes": result.summary, "images": result.images, "failed": result.failed,
-        "similarity": run_info.get("similarity"), "method": run_info.get("method"),
-        "mean_curves": {k: dict(zip(modes, np.concatenate(v).mean(0).round(6).tolist())) for k, v in curves.items() if v},
-    })
-    atomic_write_bytes(out / "summary.md", lambda f: f.write((format_table(result) + "\n").encode("utf-8")))
-    _figures(out, result, curves, modes, cfg)
-
-
-def _figures(out: Path, result: EvaluateResult, curves, modes: list[str], cfg: EvaluateConfig) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def save(fig, name):
-        buf = io.BytesIO()
-        FigureCanvasAgg(fig)
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(out / name, lambda f: f.write(buf.getvalue()))
-
-    if cfg.steps > 0 and curves["deletion"]:
-        fig = Figure(figsize=(9, 3.6), dpi=120, layout="constrained")
-        axes = fig.subplots(1, 2)
-        xs = np.linspace(0, 100, cfg.steps + 1)
-        for ax, kind in zip(axes, ("deletion", "insertion")):
-            mean = np.concatenate(curves[kind]).mean(0)  # [M, S + 1]
-            for m, mode in enumerate(modes):
-                area = result.summary[mode][f"{kind}_auc"]["mean"]
-                ax.plot(xs, mean[m], label=f"{mode} (AUC {area:.3f})")
-            ax.set_xlabel(f"% of pixels {'removed' if kind == 'deletion' else 'revealed'}, most highlighted first")
-            ax.set_ylabel("target probability")
-            ax.set_title(kind)
-            ax.legend(fontsize=8)
-        save(fig, "curves.png")
-    fig = Figure(figsize=(1.6 + 1.4 * len(cfg.percent) * len(modes) / 2, 3.4), dpi=120, layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(modes)
-    for m, mode in enumerate(modes):
-        means = [result.summary[mode][f"rd@{_pct(p)}"]["mean"] for p in cfg.percent]
-        errs = [result.summary[mode][f"rd@{_pct(p)}"]["ci95"] for p in cfg.percent]
-        ax.bar(np.arange(len(cfg.percent)) + m * width, means, width, yerr=np.nan_to_num(errs), label=mode, capsize=3)
-    ax.set_xticks(np.arange(len(cfg.percent)) + width * (len(modes) - 1) / 2, [f"RD@{_pct(p)}%" for p in cfg.percent])
-    ax.set_ylabel("relative confidence drop")
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.legend(fontsize=8)
-    save(fig, "rd_bars.png")

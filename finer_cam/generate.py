@@ -24,8 +24,8 @@ from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, Ima
 from .device import AUTO, PRECISIONS, default_precision, loader_workers, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
-from .io import (INDEX_FILE, RUN_FILE, MapWriter, RunFolder, check_folder, claim_output, is_special, map_names,
-                 read_text)
+from .runstore import INDEX_FILE, MapWriter, RUN_FILE, RunFolder, map_names
+from .userfiles import check_folder, claim_output, is_special, read_text
 from .kernels import prepack
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
@@ -151,7 +151,7 @@ def resolve_runtime(cfg: GenerateConfig, device: torch.device, recorded: dict | 
 
 def _recorded_run(cfg: GenerateConfig) -> dict:
     """The run.json in ``save_dir`` that a rerun resumes (empty when there is none, it is unreadable, or
-    ``--overwrite`` replaces it; :class:`~finer_cam.io.RunFolder` reports the unreadable one)."""
+    ``--overwrite`` replaces it; :class:`~finer_cam.runstore.RunFolder` reports the unreadable one)."""
     path = Path(cfg.save_dir) / RUN_FILE
     if cfg.overwrite or not path.is_file():
         return {}

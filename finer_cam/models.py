@@ -25,7 +25,7 @@ from dinov2 import ARCHS, DinoVisionTransformer, ViTConfig, load_dinov2, registe
 from .checkpoints import CheckpointError, load_state_dict_file
 from .data import NORMALIZATIONS
 from .errors import ArgumentError, FinerCamError
-from .io import is_special, read_text
+from .userfiles import is_special, read_text
 from .kernels import pack_linears
 from .weights import resolve_weights
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from .data import IMAGE_EXTENSIONS, walk_images
 from .errors import FinerCamError
-from .io import current_umask, inside, json_text, safe_relative
+from .atomic import current_umask, json_text
+from .userfiles import inside, safe_relative
 from .progress import BarFactory, StopRequest, open_bar
 
 log = logging.getLogger("finer_cam")
@@ -58,7 +59,7 @@ class PrepareResult:
 @dataclass
 class _Plan:
     """What goes where: ``(source file, split, class, file name)``, the splits that must not end up empty,
-    and extra CSV files. Every source file and output name in it has passed :func:`finer_cam.io.inside`."""
+    and extra CSV files. Every source file and output name in it has passed :func:`finer_cam.userfiles.inside`."""
 
     items: list[tuple[Path, str, str, str]] = field(default_factory=list)
     csvs: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)  # name -> (header, rows)

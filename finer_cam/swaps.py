@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FinerCamError
-from .io import atomic_write_bytes, read_text
+from .atomic import atomic_write_bytes
+from .userfiles import read_text
 
 HEADER = ("image", "target", "reference", "part", "margin", "swapped_margin", "token_swapped_margin")
 

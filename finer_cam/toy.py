@@ -42,7 +42,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .data import open_image
 from .errors import FinerCamError
-from .io import atomic_write_bytes, dataset_root, read_run, read_text, write_json
+from .atomic import atomic_write_bytes, write_json
+from .runstore import dataset_root, read_run
+from .userfiles import read_text
 
 log = logging.getLogger("finer_cam")
 

@@ -29,7 +29,8 @@ from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as
                    walk_images)
 from .device import PRECISIONS, autocast, loader_workers, resolve_device
 from .errors import FinerCamError
-from .io import OUTPUT_MARKER, FolderLock, atomic_write_bytes, check_folder, claim_output, json_text, write_json
+from .atomic import FolderLock, OUTPUT_MARKER, atomic_write_bytes, json_text, write_json
+from .userfiles import check_folder, claim_output
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
                      backbone_kind, backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar

@@ -20,8 +20,9 @@ from PIL import Image
 from . import checks
 from .data import MAX_PIXELS, ImageError, load_image
 from .errors import ArgumentError, FinerCamError
-from .io import (FolderLock, SkippedFile, atomic_write_bytes, check_folder, claim_output, dataset_root, entry_map,
-                 inside, map_lead_shape, read_map_file, read_run, remove_stale_temporaries)
+from .atomic import FolderLock, atomic_write_bytes, remove_stale_temporaries
+from .runstore import SkippedFile, dataset_root, entry_map, map_lead_shape, read_map_file, read_run
+from .userfiles import check_folder, claim_output, inside
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, StopRequest, open_bar
 

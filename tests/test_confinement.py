@@ -31,7 +31,7 @@ import generate_cam
 import prepare_dataset
 import train_classifier
 import visualize
-from finer_cam import io as fio
+from finer_cam import atomic, runstore, userfiles
 from finer_cam.cli import EXIT_INTERNAL, main_guard
 from finer_cam.errors import FinerCamError
 from finer_cam.prepare import RECORD
@@ -384,7 +384,7 @@ def test_no_script_writes_into_the_data_set_or_over_files_it_did_not_write(world
     assert train_classifier.main(["--data_root", str(data), "--model_path", str(world / "backbone.pth"),
                                   "--output_dir", str(data), "--epochs", "1", "--num_workers", "0"]) == 2
     one_error(capsys, "--output_dir", "the data set's own folder")
-    assert data_files(data) == original and not (data / fio.OUTPUT_MARKER).exists()
+    assert data_files(data) == original and not (data / atomic.OUTPUT_MARKER).exists()
     # outputs in a folder of their own inside the data set stay allowed (they are never read as images)
     assert visualize.main(["--cam_dir", str(world / "cams"), "--save_dir", str(data / "strips")]) == 0
     assert visualize.main(["--cam_dir", str(world / "cams"), "--save_dir", str(data / "strips")]) == 0  # its own
@@ -422,9 +422,9 @@ def test_images_sharing_a_stem_get_a_map_each_and_ordinary_names_keep_the_stem(w
 def test_map_names_are_unique_for_any_names():
     names = ["a.jpg", "a.png", "a.jpg.png", "a", "a.npy", "b.tar.gz", "b.tar", "b", "d/x.jpg", "d/x", "d.jpg/x.png",
              ".hidden.jpg", "c/.jpg"]
-    maps = fio.map_names(names)
+    maps = runstore.map_names(names)
     assert len(set(maps.values())) == len(names)
-    assert fio.map_names(["k/only.jpg"]) == {"k/only.jpg": "k/only.npy"}
+    assert runstore.map_names(["k/only.jpg"]) == {"k/only.jpg": "k/only.npy"}
 
 
 # -------------------------------------------------------------------------------- symlinked data sets
@@ -457,13 +457,13 @@ def test_inside_refuses_a_link_out_of_its_root_unless_links_are_the_users_own(tm
     (tmp_path / "root" / "out.txt").symlink_to(tmp_path / "secret.txt")
     (tmp_path / "root" / "in.txt").write_text("i")
     (tmp_path / "root" / "alias.txt").symlink_to("in.txt")
-    assert fio.inside(tmp_path / "root", "alias.txt", "x") == tmp_path / "root" / "alias.txt"
+    assert userfiles.inside(tmp_path / "root", "alias.txt", "x") == tmp_path / "root" / "alias.txt"
     with pytest.raises(FinerCamError, match="leaves .* through a symbolic link"):
-        fio.inside(tmp_path / "root", "out.txt", "x")
-    assert fio.inside(tmp_path / "root", "out.txt", "x", follow_links=True).read_text() == "s"
+        userfiles.inside(tmp_path / "root", "out.txt", "x")
+    assert userfiles.inside(tmp_path / "root", "out.txt", "x", follow_links=True).read_text() == "s"
     for bad in ("/etc/passwd", "../secret.txt", "a/../../secret.txt", "", "a//b", "./in.txt"):
         with pytest.raises(FinerCamError, match="not a relative path"):
-            fio.inside(tmp_path / "root", bad, "x", follow_links=True)
+            userfiles.inside(tmp_path / "root", bad, "x", follow_links=True)
 
 
 # ----------------------------------------------------------------------------------------------- locks
@@ -473,7 +473,7 @@ def test_a_forked_child_does_not_hold_the_lock_of_a_killed_parent(tmp_path):
     folder = tmp_path / "cams"
     code = textwrap.dedent(f"""
         import os, sys, time
-        from finer_cam.io import FolderLock
+        from finer_cam.atomic import FolderLock
         lock = FolderLock({str(folder)!r}, "save_dir")
         pid = os.fork()
         if pid == 0:  # the worker (running once fork returns in it): lives on after its parent is killed
@@ -488,7 +488,7 @@ def test_a_forked_child_does_not_hold_the_lock_of_a_killed_parent(tmp_path):
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
         os.kill(child, 0)  # the child still runs
-        lock = fio.FolderLock(folder, "save_dir")  # and the folder is free at once
+        lock = atomic.FolderLock(folder, "save_dir")  # and the folder is free at once
         lock.release()
     finally:
         try:
@@ -498,10 +498,10 @@ def test_a_forked_child_does_not_hold_the_lock_of_a_killed_parent(tmp_path):
 
 
 def test_a_second_lock_in_one_process_is_still_refused(tmp_path):
-    held = fio.FolderLock(tmp_path, "save_dir")
+    held = atomic.FolderLock(tmp_path, "save_dir")
     try:
         with pytest.raises(FinerCamError, match="in use by another run"):
-            fio.FolderLock(tmp_path, "save_dir")
+            atomic.FolderLock(tmp_path, "save_dir")
     finally:
         held.release()
 

@@ -15,9 +15,10 @@ from conftest import save_tiny_classifier, tiny_classifier, write_image
 from PIL import Image
 
 import evaluate
-import finer_cam.evaluate
+import finer_cam.perturbations
 import generate_cam
-from finer_cam.evaluate import EvaluateConfig, evaluate_group
+from finer_cam.evaluate import EvaluateConfig
+from finer_cam.perturbations import evaluate_group
 
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -101,8 +102,8 @@ def test_usage_errors_are_one_line(world, tmp_path, capsys, argv, says):
 
 def test_blurred_fill_is_what_the_flag_asks_for(world, tmp_path, monkeypatch):
     blurs = []
-    real = finer_cam.evaluate.blurred
-    monkeypatch.setattr(finer_cam.evaluate, "blurred", lambda x: blurs.append(x.shape) or real(x))
+    real = finer_cam.perturbations.blurred
+    monkeypatch.setattr(finer_cam.perturbations, "blurred", lambda x: blurs.append(x.shape) or real(x))
     for fill in ("mean", "blur"):
         blurs.clear()
         assert evaluate.main(["--cam_dir", str(world / "cams_input"), "--out", str(tmp_path / fill), "--fill", fill,
@@ -160,7 +161,7 @@ def test_part_level_pointing_game(world, tmp_path):
 
 
 def test_part_discs_are_the_pixels_near_a_part():
-    from finer_cam.evaluate import part_discs
+    from finer_cam.ground_truth import part_discs
 
     region = part_discs([(2.0, 1.0), (9.5, 5.5)], (10, 7), 1.5)
     want = np.array([[(x + 0.5 - px) ** 2 + (y + 0.5 - py) ** 2 <= 2.25 for x in range(10)] for y in range(7)

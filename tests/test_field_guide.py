@@ -105,7 +105,7 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def test_pairs_are_counted_and_ranked(world):
-    from finer_cam.io import read_run
+    from finer_cam.runstore import read_run
 
     run_info, entries = read_run(world / "cams")
     modes = choose_modes(run_info["modes"], None, "cams")

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from finer_cam import io as fio
+from finer_cam import runstore, userfiles
 from finer_cam.data import find_images, read_class_names
 from finer_cam.errors import FinerCamError
-from finer_cam.evaluate import _read_boxes
+from finer_cam.ground_truth import _read_boxes
 from finer_cam.targets import parse_modes
 
 FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,7 +66,7 @@ def test_list_files(folder, lines, bom):
         return
     assert images.paths and all(inside(p, images.root) for p in images.paths)
     for p in images.paths:  # every relative output path stays inside the output folder
-        assert fio.safe_relative(images.relative(p)) is not None
+        assert userfiles.safe_relative(images.relative(p)) is not None
 
 
 @FUZZ
@@ -96,15 +96,15 @@ def test_index_files(folder, lines):
     run.mkdir(exist_ok=True)
     write(run, "index.jsonl", "\n".join(lines))
     try:
-        entries = fio.read_index(run / "index.jsonl")
+        entries = runstore.read_index(run / "index.jsonl")
     except FinerCamError as exc:
         one_line(exc)
         return
     for image, entry in entries.items():
         assert entry["image"] == image
-        assert inside(fio.inside(run, image, "image").resolve(), run.resolve())
+        assert inside(userfiles.inside(run, image, "image").resolve(), run.resolve())
         if "map" in entry:
-            assert inside(fio.inside(run, entry["map"], "map").resolve(), run.resolve())
+            assert inside(userfiles.inside(run, entry["map"], "map").resolve(), run.resolve())
             # the mask of an image: DIR/<image path, extension replaced by .png> stays inside DIR too
         mask = (run / Path(image).with_suffix(".png")).resolve()
         assert inside(mask, run.resolve())
@@ -120,8 +120,8 @@ def test_run_files(folder, content):
     write(run, "run.json", content)
     (run / "index.jsonl").unlink(missing_ok=True)
     try:
-        run_info, entries = fio.read_run(run)
-        fio.map_lead_shape(run_info)
+        run_info, entries = runstore.read_run(run)
+        runstore.map_lead_shape(run_info)
     except FinerCamError as exc:
         one_line(exc)
         return
@@ -146,7 +146,7 @@ def test_boxes_files(folder, header, rows):
         one_line(exc)
         return
     for image, found in boxes.items():
-        assert fio.safe_relative(image) is not None
+        assert userfiles.safe_relative(image) is not None
         assert all(len(b) == 4 for b in found)
 
 

@@ -225,13 +225,13 @@ def test_the_heads_sidecar_sets_normalisation_and_size_and_flags_override_it(set
 def test_map_writer_writes_off_the_main_loop_and_reports_a_failed_write(tmp_path, monkeypatch):
     import threading
 
-    from finer_cam import io as fio
+    from finer_cam import runstore
     from finer_cam.errors import FinerCamError
 
-    folder = fio.RunFolder(tmp_path / "out", {"modes": [], "class_names": []})
-    writer = fio.MapWriter(folder, threads=2, max_pending=3)
+    folder = runstore.RunFolder(tmp_path / "out", {"modes": [], "class_names": []})
+    writer = runstore.MapWriter(folder, threads=2, max_pending=3)
     threads = set()
-    real = fio.save_maps
+    real = runstore.save_maps
 
     def save(path, maps):
         threads.add(threading.current_thread().name)
@@ -239,7 +239,7 @@ def test_map_writer_writes_off_the_main_loop_and_reports_a_failed_write(tmp_path
             raise OSError(28, "No space left on device")
         real(path, maps)
 
-    monkeypatch.setattr(fio, "save_maps", save)
+    monkeypatch.setattr(runstore, "save_maps", save)
     for i in range(10):
         writer.submit(f"d/{i}.npy", np.full((2, 3, 3), i, np.float16), {"image": f"d/{i}.jpg", "map": f"d/{i}.npy"})
     writer.submit("bad.npy", np.zeros((1, 2, 2), np.float16), {"image": "bad.jpg", "map": "bad.npy"})
@@ -247,7 +247,7 @@ def test_map_writer_writes_off_the_main_loop_and_reports_a_failed_write(tmp_path
         writer.close()
     folder.close()
     assert threads and all(t.startswith("finer-cam-writer") for t in threads)
-    index = fio.read_index(tmp_path / "out" / "index.jsonl")
+    index = runstore.read_index(tmp_path / "out" / "index.jsonl")
     assert sorted(index) == sorted(f"d/{i}.jpg" for i in range(10))  # every line after its map; none for bad
     assert all(np.load(tmp_path / "out" / f"d/{i}.npy")[0, 0, 0] == i for i in range(10))
 

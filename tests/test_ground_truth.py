@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate
 import generate_cam
 from finer_cam.errors import FinerCamError
-from finer_cam.evaluate import GroundTruth
+from finer_cam.ground_truth import GroundTruth
 
 CLASSES = ["a", "b", "c"]
 LEGEND = {"background": 0, "regions": {"body": 1, "left": 2, "right": 3}, "parts": ["left", "right"]}

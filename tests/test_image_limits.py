@@ -17,8 +17,8 @@ from test_ground_truth import world  # noqa: F401 (a fixture)
 
 import evaluate
 from finer_cam.data import ImageError, load_image, open_image
-from finer_cam.evaluate import GroundTruth
-from finer_cam.io import SkippedFile
+from finer_cam.ground_truth import GroundTruth
+from finer_cam.runstore import SkippedFile
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfide
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from finer_cam.cam import normalize_maps, resize_maps
-from finer_cam.evaluate import EvaluateConfig, evaluate_group
+from finer_cam.evaluate import EvaluateConfig
+from finer_cam.perturbations import evaluate_group
 from finer_cam.metrics import (curve_auc, energy_inside, mean_ci, pixel_ranks, pointing_hit,
                                top_percent_mask)
 

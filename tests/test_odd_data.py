@@ -16,7 +16,7 @@ from PIL import Image
 import evaluate
 import generate_cam
 import visualize
-from finer_cam import io as fio
+from finer_cam import runstore
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_a_head_trained_at_another_size_is_named(world, capsys):
 
 def test_map_names_stay_within_the_file_name_limit():
     long = "d/" + "é" * 126 + ".jpg"  # 256 bytes
-    names = fio.map_names([long, "d/" + "é" * 126 + ".png", "short.jpg"])
+    names = runstore.map_names([long, "d/" + "é" * 126 + ".png", "short.jpg"])
     assert names["short.jpg"] == "short.npy"
     assert len({names[long], names["d/" + "é" * 126 + ".png"]}) == 2
     assert all(len(Path(n).name.encode()) <= 251 for n in names.values())

@@ -15,7 +15,7 @@ import torch
 from conftest import save_tiny_classifier, write_image
 
 from finer_cam import data as fdata
-from finer_cam import io as fio
+from finer_cam import runstore
 from finer_cam.generate import GenerateConfig, run_generate
 from finer_cam.pipeline import Prefetcher, to_host
 
@@ -87,7 +87,7 @@ def world(tmp_path, monkeypatch):
             log.add(f"load end {i // BATCH}")
         return item
 
-    save = fio.save_maps
+    save = runstore.save_maps
 
     def logged_save(path: Path, maps: np.ndarray) -> None:  # on a writer thread
         k = int(path.stem) // BATCH
@@ -97,7 +97,7 @@ def world(tmp_path, monkeypatch):
         log.add(f"written {path.stem}")
 
     monkeypatch.setattr(fdata.ImageDataset, "__getitem__", logged_load)
-    monkeypatch.setattr(fio, "save_maps", logged_save)
+    monkeypatch.setattr(runstore, "save_maps", logged_save)
     return tmp_path, log
 
 

@@ -20,11 +20,13 @@ import generate_cam
 import train_classifier
 import visualize
 from dinov2 import DinoVisionTransformer
-from finer_cam import io as fio
+from finer_cam import atomic, errors
 from finer_cam.cam import normalize_maps, resize_maps
 from finer_cam.data import find_images, read_class_names
 from finer_cam.errors import ArgumentError, FinerCamError, speak_of_flags
-from finer_cam.evaluate import EvaluateConfig, EvaluateResult, _read_boxes, format_table
+from finer_cam.evaluate import EvaluateConfig, EvaluateResult
+from finer_cam.ground_truth import _read_boxes
+from finer_cam.report import format_table
 from finer_cam.generate import GenerateConfig
 from finer_cam.models import TOY_CONFIG
 from finer_cam.overlay import fit_map
@@ -136,13 +138,13 @@ def test_outputs_get_the_permissions_of_the_umask(world, umask, mode):
 
 def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_does_not_block(world, capsys):
     (world / "out").mkdir()
-    held = fio.FolderLock(world / "out", "save_dir")  # another run writing there
+    held = atomic.FolderLock(world / "out", "save_dir")  # another run writing there
     try:
         assert generate(world) == 2
         line = one_error_line(capsys, "--save_dir", "in use by another run", f"process {os.getpid()}")
         assert not (world / "out" / "run.json").exists(), line
         (world / "vis").mkdir()
-        vis_lock = fio.FolderLock(world / "vis", "save_dir")
+        vis_lock = atomic.FolderLock(world / "vis", "save_dir")
     finally:
         held.release()
     assert generate(world) == 0
@@ -150,10 +152,10 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_dead_runs_lock_does_not_bl
     one_error_line(capsys, "--save_dir", "in use")
     vis_lock.release()
     # a lock file left by a killed process (its PID written, no lock held) lets the next run in
-    (world / "out" / fio.OUTPUT_MARKER).write_text("999999\n")
+    (world / "out" / atomic.OUTPUT_MARKER).write_text("999999\n")
     assert generate(world, "--overwrite") == 0
     (world / "head_out").mkdir()
-    held = fio.FolderLock(world / "head_out", "output_dir")
+    held = atomic.FolderLock(world / "head_out", "output_dir")
     try:
         assert train(world, world / "head_out") == 2
         one_error_line(capsys, "--output_dir", "in use")
@@ -220,7 +222,7 @@ def test_visualize_never_reads_or_writes_outside_its_folders_on_a_crafted_index(
 def test_a_boxes_csv_naming_paths_outside_the_data_set_is_refused(tmp_path):
     for bad in ("/etc/passwd", "../x.jpg", "a/../../x.jpg"):
         (tmp_path / "boxes.csv").write_text(f"image,x1,y1,x2,y2\n{bad},0,0,1,1\n", encoding="utf-8")
-        with pytest.raises(fio.FinerCamError, match="line 2"):
+        with pytest.raises(errors.FinerCamError, match="line 2"):
             _read_boxes(tmp_path / "boxes.csv")
 
 
@@ -280,7 +282,7 @@ def test_a_byte_order_mark_is_not_part_of_a_list_file_a_class_list_or_a_boxes_cs
 @pytest.mark.parametrize("line", ["/", "data", "data/red/.."])
 def test_a_list_file_naming_a_folder_is_one_line(world, line):
     (world / "list.txt").write_text(f"data/red/0.png\n{line}\n", encoding="utf-8")
-    with pytest.raises(fio.FinerCamError, match="line 2: .* is a folder"):
+    with pytest.raises(errors.FinerCamError, match="line 2: .* is a folder"):
         find_images(world / "list.txt")
 
 
@@ -348,7 +350,7 @@ def test_a_head_with_non_finite_weights_is_refused_by_every_script(world, capsys
 
 
 def test_every_json_written_is_strict_json(world, tmp_path):
-    fio.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    atomic.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     assert strict_json(tmp_path / "x.json") == {"a": None, "b": [None, 1.5], "c": {"d": None}}
     assert generate(world) == 0
     # one image: its 95% intervals are undefined, which used to be written as NaN

@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 import evaluate
 import generate_cam
 from finer_cam.errors import FinerCamError
-from finer_cam.evaluate import part_densities, swap_agreement
+from finer_cam.ground_truth import part_densities, swap_agreement
 from finer_cam.swaps import HEADER, SwapRow, agreement, rank_correlation, read_swaps, write_swaps
 
 CLASSES = ["a", "b", "c", "d"]

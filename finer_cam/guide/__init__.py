@@ -29,7 +29,9 @@ from .. import checks
 from ..data import MAX_PIXELS
 from ..device import loader_workers, resolve_device
 from ..errors import ArgumentError, FinerCamError
-from ..io import FolderLock, OUTPUT_MARKER, SkippedFile, check_folder, dataset_root, inside, read_map_file, read_run
+from ..atomic import FolderLock, OUTPUT_MARKER
+from ..runstore import SkippedFile, dataset_root, read_map_file, read_run
+from ..userfiles import check_folder, inside
 from ..progress import BarFactory, StopRequest, open_bar
 from .pairs import (RANK_BY, Direction, Modes, Pair, Sample, choose_modes, directions, find_pairs, part_stats,
                     rank_exemplars, samples_of)

@@ -13,8 +13,9 @@ import torch
 
 from ..data import ImageDataset, make_loader
 from ..errors import FinerCamError
-from ..evaluate import GroundTruth, part_discs, read_named_parts, run_preprocess
-from ..io import SkippedFile
+from ..evaluate import run_preprocess
+from ..ground_truth import GroundTruth, part_discs, read_named_parts
+from ..runstore import SkippedFile
 from ..overlay import fit_map
 from ..progress import BarFactory, StopRequest, open_bar
 from .pairs import Sample

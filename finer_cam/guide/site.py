@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data import ImageError, load_image
-from ..io import SkippedFile, atomic_write_bytes, inside, read_map_file, write_json
+from ..atomic import atomic_write_bytes, write_json
+from ..runstore import SkippedFile, read_map_file
+from ..userfiles import inside
 from ..overlay import blend, colormap_lut, compose_strip, fit_map, resize_image
 from ..progress import BarFactory, open_bar
 from .pairs import Direction, Modes, Pair, PartStat, Sample

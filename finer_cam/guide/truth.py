@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FinerCamError
-from ..evaluate import read_attributes
+from ..ground_truth import read_attributes
 from ..swaps import read_swaps as read_swap_rows
 
 SOURCES = ("plain", "contrastive")  # the guide of the plain maps (ranked by their share) or of the contrast (lift)

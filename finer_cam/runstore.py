@@ -1,14 +1,12 @@
-"""The output contract: one ``.npy`` of maps per image, ``run.json``, ``index.jsonl``; atomic writes, resume."""
+"""A generate_cam.py output folder: one ``.npy`` of maps per image, ``run.json``, ``index.jsonl``; the map
+files' names, format and checked reading, resume, and the writer threads."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
-import stat
-import tempfile
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,12 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import FolderLock, atomic_write_bytes, json_text, remove_stale_temporaries, write_json
 from .errors import ArgumentError, FinerCamError
-
-try:
-    import fcntl
-except ImportError:  # not on Windows: folders are not locked there
-    fcntl = None
+from .userfiles import is_special, read_text, safe_relative
 
 log = logging.getLogger("finer_cam")
 RUN_FILE = "run.json"
@@ -30,249 +25,6 @@ SHARD_INDEX = "index.rank{}.jsonl"  # one per rank of a torchrun run, merged int
 # run.json fields that must agree for a rerun to resume into the same folder
 RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "concepts", "preprocessing",
                "similarity", "target", "save_size", "aug_smooth", "precision", "decode", "compile")
-# in every output folder of the project: the lock of the run writing there, and the sign that the folder is
-# an output (image walks skip folders that hold it, so outputs inside a data set are never read as images)
-OUTPUT_MARKER = ".finer_cam.lock"
-
-
-# ------------------------------------------------------------------------------------------- user files
-
-def is_special(path: str | Path) -> bool:
-    """Whether ``path`` exists and is not a regular file or folder (a FIFO, a device, a socket): reading one
-    could block for ever, so every reader names and skips it."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def read_text(path: str | Path, what: str | None = None, *, argument: str | None = None) -> str:
-    """A user's text file (list, class names, CSV, JSON) as text: UTF-8, a byte-order mark dropped. A missing,
-    special or undecodable file is a FinerCamError starting with ``what`` (e.g. ``--masks: X``), or, for a file
-    given as the argument ``argument``, an :class:`ArgumentError` of that argument."""
-
-    def fail(problem: str) -> FinerCamError:
-        if argument is not None:
-            return ArgumentError(argument, Path(path), problem)
-        return FinerCamError(f"{what or path}: {problem}")
-
-    if is_special(path):
-        raise fail("not a regular file (a FIFO, device or socket)")
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except IsADirectoryError:
-        raise fail("a folder, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise fail(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise fail(f"cannot read ({exc.strerror or exc})") from None
-
-
-def safe_relative(text) -> str | None:
-    """``text`` as a relative POSIX path that stays inside whatever folder it hangs from (not absolute, no
-    ``..``, ``.`` or empty part, no NUL), or None when it is not one."""
-    if not isinstance(text, str) or not text or "\0" in text or text.startswith("/"):
-        return None
-    if any(part in ("", ".", "..") for part in text.split("/")):
-        return None
-    return text
-
-
-def inside(root: str | Path, relative: str, what: str, *, follow_links: bool = False) -> Path:
-    """``root / relative`` for a path read out of a file (an annotation, an index line, a CSV row): the one rule
-    that confines every such path to its root.
-
-    ``relative`` must be a :func:`safe_relative` path (not absolute, no ``..``, ``.`` or empty part, no NUL),
-    and, unless ``follow_links``, what it names must not leave ``root`` through a symbolic link (the link's
-    target, resolved, stays under ``root`` resolved). ``follow_links`` is for the user's own data set, whose
-    links (git-annex, DVC, a Hugging Face cache) are followed for reading. Anything else is a FinerCamError
-    naming ``what``, raised before anything is read or written.
-    """
-    if safe_relative(relative) is None:
-        raise FinerCamError(f"{what}: {relative!r} is not a relative path inside {root}")
-    path = Path(root) / relative
-    if not follow_links:
-        try:
-            top = Path(root).resolve()
-            target = path.resolve()
-        except (OSError, RuntimeError) as exc:  # a loop of links
-            raise FinerCamError(f"{what}: {relative!r} cannot be resolved inside {root} ({exc})") from None
-        if target != top and top not in target.parents:
-            raise FinerCamError(f"{what}: {relative!r} leaves {root} through a symbolic link (to {target})")
-    return path
-
-
-def check_folder(path: str | Path, argument: str) -> None:
-    """An output folder given as ``argument``: where it or a folder above it exists, that is a folder (checked
-    before any work, so that a file in the way does not stop a run at its end)."""
-    for folder in (Path(path), *Path(path).parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ArgumentError(argument, Path(path), f"{folder} is a file, not a folder")
-            return
-
-
-def claim_output(folder: str | Path, argument: str, *, root: str | Path | None = None,
-                 image_folders=(), writes=()) -> None:
-    """Refuse, before any work, an output folder that the project must not write into: the one writer rule.
-
-    - ``folder`` (or a folder above it) is a file (see :func:`check_folder`);
-    - ``folder`` is the data set's ``root``, or lies in the data set and holds some of its images (one of
-      ``image_folders``, the folders holding them, or a folder above one): its outputs would sit among the
-      user's files, replace them, and its lock would hide them from later runs;
-    - ``folder`` exists, is not an output folder of the project (it has no ``OUTPUT_MARKER``, the lock and
-      record of the runs that wrote it) and already holds a file under one of the relative names in
-      ``writes``, which the run would replace.
-
-    Each is an :class:`ArgumentError` of ``argument``.
-    """
-    check_folder(folder, argument)
-    here = Path(folder).resolve()
-    if root is not None:
-        top = Path(root).resolve()
-        if here == top:
-            raise ArgumentError(argument, Path(folder), "is the data set's own folder; outputs there would sit among "
-                                "its images, replace them and hide them from later runs (use another folder)")
-        if top in here.parents:
-            for images in map(lambda f: Path(f).resolve(), image_folders):
-                if images == here or here in images.parents:
-                    raise ArgumentError(argument, Path(folder), f"holds the data set's images ({images}); outputs "
-                                        "there would sit among them, replace them and hide them from later runs "
-                                        "(use another folder)")
-    if not here.is_dir() or (here / OUTPUT_MARKER).exists():
-        return
-    for name in writes:
-        if (here / name).exists():
-            raise ArgumentError(argument, Path(folder), f"holds {name}, which finer_cam did not write (the folder "
-                                f"has no {OUTPUT_MARKER}); it is never replaced: use another folder")
-
-
-def finite_json(data):
-    """``data`` with every NaN or infinite float replaced by None, so that it is valid JSON."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_json(v) for v in data]
-    return data
-
-
-def json_text(data, indent: int | None = None) -> str:
-    """Strict JSON (never NaN or Infinity: those become null), as the project writes it."""
-    return json.dumps(finite_json(data), indent=indent, ensure_ascii=False, allow_nan=False)
-
-
-def current_umask() -> int:
-    """The process's umask (read without changing it where /proc tells it)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_HELD_LOCKS: set[int] = set()  # descriptors of the folder locks this process holds
-_AT_FORK = threading.Lock()
-_at_fork_registered = False
-
-
-def _drop_locks_in_child() -> None:
-    """In a child made by fork (loader workers): close its copies of the parent's lock descriptors, so that a
-    child never holds a folder lock (which would outlive a parent killed with kill -9). Closing a copy does
-    not unlock the parent's: the lock goes with the last descriptor of its open file."""
-    for fd in list(_HELD_LOCKS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_LOCKS.clear()
-
-
-def _register_at_fork() -> None:
-    global _at_fork_registered
-    with _AT_FORK:
-        if not _at_fork_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_drop_locks_in_child)
-            _at_fork_registered = True
-
-
-class FolderLock:
-    """An exclusive lock on an output folder (``OUTPUT_MARKER`` in it, holding the PID), so that two runs
-    never write into one folder at once. The operating system drops it when the process ends, however it
-    ends: a killed run never leaves a lock behind. Child processes never hold it: its descriptor is not
-    inherited across exec, and a forked child (a loader worker) closes its copy at once."""
-
-    def __init__(self, folder: str | Path, argument: str) -> None:
-        """Lock ``folder`` (made first when missing); its errors are ArgumentErrors of ``argument``."""
-        try:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ArgumentError(argument, Path(folder), f"cannot create the folder ({exc.strerror or exc})") from None
-        self.path = Path(folder) / OUTPUT_MARKER
-        self.existed = self.path.exists()
-        _register_at_fork()
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as exc:
-            raise ArgumentError(argument, Path(folder), f"cannot write there ({exc.strerror or exc})") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                try:
-                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-                finally:
-                    os.close(fd)
-                raise ArgumentError(argument, Path(folder), f"in use by another run (process {holder}); wait for it to "
-                                    "finish or use another folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self.fd: int | None = fd
-        _HELD_LOCKS.add(fd)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            _HELD_LOCKS.discard(self.fd)
-            os.close(self.fd)
-            self.fd = None
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name is kept short, so that a file name near the 255-byte limit still has a twin
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # what open(path, "w") would give (mkstemp makes it 0600)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete the temporary files that :func:`atomic_write_bytes` leaves when a run is killed mid-write
-    (``.NAME.XXXX.tmp`` anywhere under ``folder``); returns how many."""
-    removed = 0
-    for path in folder.rglob(".*.tmp"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 def save_maps(path: Path, maps: np.ndarray) -> None:
@@ -315,12 +67,6 @@ def read_map_file(path: Path, lead: tuple[int, ...]) -> np.ndarray:
     if not np.issubdtype(maps.dtype, np.floating) or not np.isfinite(maps).all():
         raise SkippedFile(path, f"maps must be finite floats (dtype {maps.dtype})")
     return maps
-
-
-def write_json(path: Path, data: dict) -> None:
-    """``data`` as strict JSON (see :func:`json_text`), atomically."""
-    text = json_text(data, indent=2) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 NAME_MAX = 255  # bytes in one file name on the usual file systems
