@@ -50,6 +50,7 @@ from finer_cam.data import ImageDataset  # noqa: E402
 from finer_cam.device import autocast  # noqa: E402
 from finer_cam.evaluate import EvaluateConfig, run_evaluate  # noqa: E402
 from finer_cam.generate import GenerateConfig, prepare, run_generate  # noqa: E402
+from finer_cam.records import RunRecord  # noqa: E402
 from finer_cam.runstore import MapWriter, RunFolder, save_maps  # noqa: E402
 from finer_cam.train import Failures, FeatureCache, TrainConfig, extract_features  # noqa: E402
 
@@ -164,7 +165,7 @@ def write_side(args, tmp: Path) -> None:
     for i in range(n):
         save_maps(folder / f"main_{i}.npy", maps)
     main_s = time.perf_counter() - start
-    run = RunFolder(tmp / "writes_pool", {"bench": "writes"})
+    run = RunFolder(tmp / "writes_pool", RunRecord(modes=(), class_names=()))
     writer = MapWriter(run)
     start = time.perf_counter()
     for i in range(n):

@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = list(HEADER)
     with tempfile.TemporaryDirectory() as work:
         for run in args.runs:
-            run_info, _ = read_run(run)
-            method = run_info.get("method", "?")
-            contrastive = [m["name"] for m in run_info["modes"] if m.get("alpha")]
+            record, _ = read_run(run)
+            method = record.method or "?"
+            contrastive = [m.name for m in record.modes if m.alpha]
             for i, mode in enumerate(contrastive):
                 cfg = GuideConfig(cam_dir=run, save_dir=str(Path(work) / f"{Path(run).name}-{mode}"), pairs=0,
                                   mode=mode, masks=args.masks, discover=True, parts_k=args.parts_k,

@@ -4,7 +4,7 @@ Per image and mode, from the saved maps and the same classifier and preprocessin
 
 - RD@k, the relative confidence drop: ``(p_c - p*_c) - (p_d - p*_d)``, p before and p* after masking the
   top k% of the map's pixels at the network input; c the target, d its most similar class (rank 1 of the
-  run's similarity ranking); and the plain drop ``p_c - p*_c``;
+  ranking generate_cam.py recorded in index.jsonl); and the plain drop ``p_c - p*_c``;
 - deletion and insertion curves (RISE): the target's probability as the most highlighted pixels are
   removed from the image / revealed on the fill, in ``steps`` equal steps, and the area under each;
 - with ground truth (``masks`` or ``boxes``): the share of the map's energy inside the region and whether
@@ -42,11 +42,13 @@ from .errors import ArgumentError, FinerCamError
 from .ground_truth import MASK_FORMATS, SWAP_METRICS, GroundTruth, swap_agreement
 from .metrics import curve_auc, energy_inside, mean_ci, pointing_hit
 from .models import load_classifier
+from .records import BackboneRecord, HeadFileRecord, RunRecord
 from .perturbations import FILLS, evaluate_group, pct
 from .progress import BarFactory, StopRequest, open_bar
 from .report import OUTPUT_FILES, write_outputs
+from .records import MapLayout
 from .runstore import INDEX_FILE, SkippedFile, dataset_root, entry_map, read_map_file, read_run
-from .targets import rank_references, weight_cosine
+from .targets import Mode, rank_references, weight_cosine
 from .userfiles import check_folder, claim_output, inside
 
 log = logging.getLogger("finer_cam")
@@ -123,36 +125,35 @@ def metric_names(cfg: EvaluateConfig, localisation: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def _load_model(cfg: EvaluateConfig, run_info: dict, device):
-    return load_run_model(run_info, cfg.cam_dir, device, cfg.model_path, cfg.classifier_path, cfg.arch)
+def _load_model(cfg: EvaluateConfig, run: RunRecord, device):
+    return load_run_model(run, cfg.cam_dir, device, cfg.model_path, cfg.classifier_path, cfg.arch)
 
 
-def load_run_model(run_info: dict, cam_dir: str | Path, device, model_path: str | None = None,
+def load_run_model(run: RunRecord, cam_dir: str | Path, device, model_path: str | None = None,
                    classifier_path: str | None = None, arch: str | None = None):
     """The classifier of a run as its run.json records it (backbone and head files, architecture, kind and
     pool), each file replaceable by the flag of the same name when it moved."""
-    backbone = run_info.get("backbone") or {}
-    head = run_info.get("head") or {}
-    model_path = model_path or backbone.get("path")
-    head_path = classifier_path or head.get("path")
+    backbone = run.backbone or BackboneRecord()
+    head = run.head or HeadFileRecord()
+    model_path = model_path or backbone.path
+    head_path = classifier_path or head.path
     if not model_path or not head_path:
         raise FinerCamError(f"--cam_dir {cam_dir}: run.json names no backbone or head; pass --model_path "
                             "and --classifier_path")
     for flag, path in (("--model_path", model_path), ("--classifier_path", head_path)):
         if not Path(path).is_file():
             raise FinerCamError(f"{flag} {path}: no such file (recorded in run.json; pass {flag} if it moved)")
-    return load_classifier(model_path, head_path, arch or backbone.get("arch", "auto"), device,
-                           backbone.get("kind", "dinov2"), backbone.get("pool", "cls"))
+    # a run.json without a kind, or without an architecture's name, is from before they were recorded: a
+    # DINOv2 backbone whose architecture is read off its checkpoint
+    return load_classifier(model_path, head_path, arch or backbone.arch or "auto", device, backbone.kind or "dinov2",
+                           backbone.pool or "cls")
 
 
-def run_preprocess(run_info: dict, patch: int) -> Preprocess:
+def run_preprocess(run: RunRecord, patch: int) -> Preprocess:
     """The preprocessing run.json records (input size, normalisation) for a backbone of patch ``patch``."""
-    pre = run_info.get("preprocessing") or {}
-    try:
-        return Preprocess(tuple(pre["mean"]), tuple(pre["std"]), image_size=pre.get("image_size"),
-                          max_size=pre.get("max_size"), patch=patch)
-    except (KeyError, TypeError):
-        raise FinerCamError(f"--cam_dir: run.json has no usable preprocessing ({pre})") from None
+    if run.preprocessing is None:
+        raise FinerCamError("--cam_dir: run.json records no preprocessing")
+    return run.preprocessing.preprocess(patch)
 
 
 def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
@@ -160,11 +161,12 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     """Evaluate the maps of ``cfg.cam_dir`` and write the tables and figures into ``cfg.out``."""
     stop = stop or StopRequest()
     check_folder(cfg.out, "out")
-    run_info, entries = read_run(cfg.cam_dir)
-    if run_info.get("concepts"):
+    run, entries = read_run(cfg.cam_dir)
+    layout = run.layout
+    if not layout.class_per_image:
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: a concept run (--concepts); evaluate.py measures the maps "
                             "of a classifier's classes and does not take concept maps")
-    root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
+    root = dataset_root(run, cfg.dataset_dir, cfg.cam_dir)
     claim_output(cfg.out, "out", root=root, image_folders={(root / e["image"]).parent for e in entries.values()},
                  writes=OUTPUT_FILES)
     device = resolve_device(cfg.device)
@@ -172,15 +174,17 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     if ranks.world > 1 and device.type == "cuda":
         device = torch.device(f"cuda:{ranks.local_rank}")
     cfg = replace(cfg, num_workers=loader_workers(cfg.num_workers, device))  # auto: what the machine has
-    model = _load_model(cfg, run_info, device)
-    modes = [m["name"] for m in run_info["modes"]]
-    class_names = run_info["class_names"]
+    model = _load_model(cfg, run, device)
+    modes = [m.name for m in run.modes]
+    class_names = list(run.class_names)
     if model.num_classes != len(class_names):
         raise FinerCamError(f"--classifier_path: the head has {model.num_classes} classes, run.json lists "
                             f"{len(class_names)}")
-    similarity = run_info.get("similarity", "logit-distance")
+    # the ranking of the index lines that do not record the one generate_cam.py made (see _recorded_reference);
+    # a run.json without a similarity is from before it was a choice: logit distance
+    similarity = run.similarity or "logit-distance"
     class_sim = weight_cosine(model.head.weight) if similarity == "weight-cosine" else None
-    preprocess = run_preprocess(run_info, model.patch_size)
+    preprocess = run_preprocess(run, model.patch_size)
     truth = GroundTruth(cfg.masks, cfg.boxes, cfg.mask_format, cfg.attributes, class_names, cfg.parts,
                         cfg.part_radius, cfg.max_pixels)
     chosen = [entries[k] for k in sorted(entries) if "error" not in entries[k]]
@@ -208,10 +212,10 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda")
     with open_bar(progress if ranks.is_main else None, "evaluate", len(mine)) as bar:
         for batch in loader:
-            ready = _readable(batch, mine, root, cfg.cam_dir, len(class_names), len(modes), truth, result)
+            ready = _readable(batch, mine, root, cfg.cam_dir, len(class_names), layout, truth, result)
             for group in _by_shape(ready, len(modes), _variants_per_mode(cfg)):
                 _evaluate(group, model, cfg, similarity, class_sim, truth, modes, device, result, curves,
-                          run_info["modes"], swaps, class_names)
+                          run.modes, swaps, class_names)
             bar.update(len(batch))
             stop.check()
     if ranks.world > 1:
@@ -222,32 +226,63 @@ def run_evaluate(cfg: EvaluateConfig, progress: BarFactory | None = None,
         rows = [r for r in result.rows if r["mode"] == mode]
         result.summary[mode] = {name: _summary(rows, name) for name in names}
     result.images = len({r["image"] for r in result.rows})
-    write_outputs(cfg, run_info, result, curves, modes)
+    write_outputs(cfg, run, result, curves, modes)
     return result
 
 
-def _readable(batch: list[dict], entries: list[dict], root: Path, cam_dir: str, n_classes: int, n_modes: int,
-              truth: GroundTruth, result: EvaluateResult) -> list[tuple]:
+@dataclass
+class _Ready:
+    """An image of a loader batch with what evaluating it takes."""
+
+    item: dict  # the loader's: the image [3, H, W], its size
+    entry: dict  # its index line
+    maps: np.ndarray  # [M, h, w]
+    truth: tuple | None  # (regions, labels) of its ground truth, when there is some
+    reference: int | None  # the rank-1 reference generate_cam.py recorded (None: to be ranked here)
+
+
+def _is_class(value, n_classes: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_classes
+
+
+def _recorded_reference(entry: dict, n_classes: int, index: Path) -> int | None:
+    """The rank-1 reference class generate_cam.py chose for an image: the first of its index line's
+    ``ranking`` (the classes it ranked, most similar first). None for a line written before index lines
+    recorded the ranking, or by a run whose modes compared with no class (an empty ranking): only for those is
+    the reference ranked again here, from the logits of the image as evaluate.py computes them."""
+    ranking = entry.get("ranking")
+    if ranking is None or ranking == []:
+        return None
+    if not isinstance(ranking, list) or not all(_is_class(r, n_classes) for r in ranking):
+        raise SkippedFile(index, f"{entry['image']}: ranking {ranking!r} is not a list of class indices of the run "
+                          f"(0 to {n_classes - 1})")
+    return ranking[0]
+
+
+def _readable(batch: list[dict], entries: list[dict], root: Path, cam_dir: str, n_classes: int, layout: MapLayout,
+              truth: GroundTruth, result: EvaluateResult) -> list[_Ready]:
     """The items of a loader batch with their index entry, maps and ground truth; an item whose image, maps or
-    mask cannot be read, or whose index line names no class of the run as its target, is logged, counted in
-    ``result.failed`` and left out."""
+    mask cannot be read, or whose index line names no class of the run as its target (or in its ranking), is
+    logged, counted in ``result.failed`` and left out."""
     ready = []
+    index = Path(cam_dir) / INDEX_FILE
     for item in batch:
         entry = entries[item["index"]]
         try:
             if item["error"] is not None:
                 raise SkippedFile(root / entry["image"], item["error"])
             target = entry.get("target")
-            if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < n_classes:
-                raise SkippedFile(Path(cam_dir) / INDEX_FILE, f"{entry['image']}: target {target!r} is not a class "
+            if not _is_class(target, n_classes):
+                raise SkippedFile(index, f"{entry['image']}: target {target!r} is not a class "
                                   f"index of the run (0 to {n_classes - 1})")
+            reference = _recorded_reference(entry, n_classes, index)
             try:
                 map_path = inside(cam_dir, entry_map(entry), "index.jsonl: map")
             except FinerCamError as exc:
-                raise SkippedFile(Path(cam_dir) / INDEX_FILE, str(exc)) from None
-            maps = read_map_file(map_path, (n_modes,))
+                raise SkippedFile(index, str(exc)) from None
+            maps = read_map_file(map_path, layout)
             truth_here = truth(entry["image"], tuple(item["size"])) if truth.regions else None
-            ready.append((item, entry, maps, truth_here))
+            ready.append(_Ready(item, entry, maps, truth_here, reference))
         except SkippedFile as exc:
             result.failed += 1
             log.error("%s: %s (skipped)", exc.path, exc)
@@ -278,11 +313,11 @@ def _variants_per_mode(cfg: EvaluateConfig) -> int:
     return len(cfg.percent) + (2 * (cfg.steps + 1) if cfg.steps > 0 else 0)
 
 
-def _by_shape(ready: list, n_modes: int, variants_per_mode: int) -> list[list]:
+def _by_shape(ready: list[_Ready], n_modes: int, variants_per_mode: int) -> list[list[_Ready]]:
     """Groups of same-shaped images small enough that their masked variants fit :data:`VARIANT_BUDGET`."""
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, list[_Ready]] = {}
     for r in ready:
-        groups.setdefault(tuple(r[0]["image"].shape), []).append(r)
+        groups.setdefault(tuple(r.item["image"].shape), []).append(r)
     out = []
     for shape, items in groups.items():
         per_image = n_modes * shape[1] * shape[2] * max(1, variants_per_mode)
@@ -292,15 +327,15 @@ def _by_shape(ready: list, n_modes: int, variants_per_mode: int) -> list[list]:
 
 
 def _difference_regions(truth: GroundTruth, labels: np.ndarray, target: int, rank1: int, entry: dict,
-                        run_modes: list[dict]) -> np.ndarray:
+                        run_modes: tuple[Mode, ...]) -> np.ndarray:
     """Per mode, where the target differs from the mode's reference classes (index.jsonl's ``references``;
     for a mode without any, or with alpha 0, the rank-1 class): ``bool [M, H, W]``, all False where no
     region differs (the metric is then left out)."""
     out = np.zeros((len(run_modes), *labels.shape), bool)
     listed = entry.get("references") or {}
     for m, mode in enumerate(run_modes):
-        refs = listed.get(mode["name"]) if isinstance(listed, dict) else None
-        if not refs or not mode.get("alpha"):
+        refs = listed.get(mode.name) if isinstance(listed, dict) else None
+        if not refs or not mode.alpha:
             refs = [rank1]
         region = truth.difference(labels, target, [int(r) for r in refs])
         if region is not None:
@@ -308,19 +343,25 @@ def _difference_regions(truth: GroundTruth, labels: np.ndarray, target: int, ran
     return out
 
 
-def _evaluate(group, model, cfg, similarity, class_sim, truth: GroundTruth, modes, device, result, curves,
-              run_modes: list[dict], swaps: dict | None = None, class_names: list[str] | None = None) -> None:
-    x = torch.stack([item["image"] for item, _, _, _ in group]).to(device)
+def _evaluate(group: list[_Ready], model, cfg, similarity, class_sim, truth: GroundTruth, modes, device, result,
+              curves, run_modes: tuple[Mode, ...], swaps: dict | None = None,
+              class_names: list[str] | None = None) -> None:
+    x = torch.stack([r.item["image"] for r in group]).to(device)
     H, W = x.shape[-2:]
-    raw = [torch.from_numpy(maps.astype(np.float32)) for _, _, maps, _ in group]
+    raw = [torch.from_numpy(r.maps.astype(np.float32)) for r in group]
     maps = torch.stack([normalize_maps(resize_maps(m, (H, W))) for m in raw]).to(device)  # [B, M, H, W]
-    targets = torch.tensor([int(e["target"]) for _, e, _, _ in group], device=device)
+    targets = torch.tensor([int(r.entry["target"]) for r in group], device=device)
     with torch.no_grad():
         logits = model(x)
-    refs = rank_references(logits, targets, 1, similarity, class_sim)[:, 0]
+    chosen = [r.reference for r in group]
+    if any(c is None for c in chosen):  # lines that record no ranking (see _recorded_reference): rank them here
+        ranked = rank_references(logits, targets, 1, similarity, class_sim)[:, 0].tolist()
+        chosen = [ranked[b] if c is None else c for b, c in enumerate(chosen)]
+    refs = torch.tensor(chosen, dtype=torch.long, device=device)
     out = evaluate_group(model, x, maps, targets, refs, cfg)
     probs = torch.softmax(logits, dim=1)
-    for b, (item, entry, _, found) in enumerate(group):
+    for b, ready in enumerate(group):
+        entry, found = ready.entry, ready.truth
         if truth.regions and found is None:
             log.warning("%s: no ground truth for this image; its localisation is left out", entry["image"])
         local = {}

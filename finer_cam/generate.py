@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import threading
@@ -24,8 +23,9 @@ from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, Ima
 from .device import AUTO, PRECISIONS, default_precision, loader_workers, resolve_device
 from .distributed import Ranks, init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
+from .records import BackboneRecord, HeadFileRecord, HeadRecord, PreprocessingRecord, RunRecord
 from .runstore import INDEX_FILE, MapWriter, RUN_FILE, RunFolder, map_names
-from .userfiles import check_folder, claim_output, is_special, read_text
+from .userfiles import check_folder, claim_output, is_special
 from .kernels import prepack
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
                      backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
@@ -131,35 +131,34 @@ class Runtime:
     precision: str
 
 
-def resolve_runtime(cfg: GenerateConfig, device: torch.device, recorded: dict | None = None) -> Runtime:
+def resolve_runtime(cfg: GenerateConfig, device: torch.device, recorded: RunRecord | None = None) -> Runtime:
     """``auto`` values for ``device`` (:func:`~finer_cam.device.loader_workers`, :func:`~finer_cam.data.default_decode`,
     :func:`~finer_cam.device.default_precision`). ``recorded`` is the run.json of the run being resumed: its
     decoding path and precision are kept for ``auto``, so that every map of one folder is made the same way
     (a run begun on a CPU and resumed on a GPU goes on as it began)."""
-    recorded = recorded or {}
 
     def chosen(field: str, options: tuple[str, ...], default: str) -> str:
         value = getattr(cfg, field)
         if value != AUTO:
             return value
-        return recorded[field] if recorded.get(field) in options else default
+        kept = getattr(recorded, field, None)
+        return kept if kept in options else default
 
     return Runtime(num_workers=loader_workers(cfg.num_workers, device),
                    decode=chosen("decode", DECODERS, default_decode(device)),
                    precision=chosen("precision", PRECISIONS, default_precision(device)))
 
 
-def _recorded_run(cfg: GenerateConfig) -> dict:
-    """The run.json in ``save_dir`` that a rerun resumes (empty when there is none, it is unreadable, or
-    ``--overwrite`` replaces it; :class:`~finer_cam.runstore.RunFolder` reports the unreadable one)."""
+def _recorded_run(cfg: GenerateConfig) -> RunRecord | None:
+    """The run.json in ``save_dir`` that a rerun resumes (None when there is none, it is not a readable run
+    description, or ``--overwrite`` replaces it; :class:`~finer_cam.runstore.RunFolder` reports the unreadable one)."""
     path = Path(cfg.save_dir) / RUN_FILE
     if cfg.overwrite or not path.is_file():
-        return {}
+        return None
     try:
-        data = json.loads(read_text(path, str(path)))
-    except (FinerCamError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return RunRecord.read(path)
+    except FinerCamError:
+        return None
 
 
 @dataclass
@@ -170,7 +169,7 @@ class RunSetup:
     images: ImageList  # what to explain, and the root their relative paths start from
     preprocess: Preprocess
     class_names: list[str]
-    run_info: dict  # what run.json records
+    record: RunRecord  # what run.json records
     device: torch.device
     concepts: ConceptSet | None  # a CLIP concept run; None for a classifier with a head
     runtime: Runtime  # the loader workers, decoding path and precision in use
@@ -211,9 +210,9 @@ class _Loaded:
     model_path: Path
     class_names: list[str]
     class_file: str | None  # the class list read (None for concepts)
-    head_info: dict | None  # the head file as run.json records it (None for concepts)
+    head_file: HeadFileRecord | None  # the head file as run.json records it (None for concepts)
     concepts: ConceptSet | None
-    sidecar: dict  # what train_classifier.py recorded beside the head (empty when none)
+    sidecar: HeadRecord  # what train_classifier.py recorded beside the head (empty when none)
 
 
 def _load(cfg: GenerateConfig, device: torch.device, progress: BarFactory | None) -> _Loaded:
@@ -222,7 +221,7 @@ def _load(cfg: GenerateConfig, device: torch.device, progress: BarFactory | None
         concepts = ConceptSet.from_flags(cfg.concepts, cfg.concepts_file, cfg.compare_with, cfg.prompt)
         model_path = resolve_weights(model_spec, cfg.backbone, cfg.offline, progress)
         model = load_concept_classifier(model_path, concepts.texts, device, cfg.clip_pool, cfg.truncate)
-        return _Loaded(model, Path(model_path), concepts.class_names, None, None, concepts, {})
+        return _Loaded(model, Path(model_path), concepts.class_names, None, None, concepts, HeadRecord())
     head_path = cfg.classifier_path or str(shipped_file(DEFAULT_HEAD))
     if is_special(head_path):  # before any weights are downloaded
         raise FinerCamError(f"{head_path}: not a regular file (a FIFO, device or socket)")
@@ -235,21 +234,21 @@ def _load(cfg: GenerateConfig, device: torch.device, progress: BarFactory | None
     if model.num_classes != len(class_names):
         raise FinerCamError(f"{head_path}: the head has {model.num_classes} classes but {class_file} "
                             f"lists {len(class_names)}; pass the head's class list with --class_names")
-    head_info = {"path": str(Path(head_path).resolve()), "num_classes": model.num_classes,
-                 "sha256": file_sha256(head_path, remember=False)}
-    return _Loaded(model, Path(model_path), class_names, class_file, head_info, None, sidecar)
+    head_file = HeadFileRecord(path=str(Path(head_path).resolve()), num_classes=model.num_classes,
+                               sha256=file_sha256(head_path, remember=False))
+    return _Loaded(model, Path(model_path), class_names, class_file, head_file, None, sidecar)
 
 
-def _normalization(cfg: GenerateConfig, sidecar: dict, kind) -> str:
+def _normalization(cfg: GenerateConfig, sidecar: HeadRecord, kind) -> str:
     """The flag's, else the one the head was trained with, else the backbone's own; a flag that contradicts
     the head is warned about."""
-    if cfg.normalize and sidecar.get("normalize") and cfg.normalize != sidecar["normalize"]:
+    if cfg.normalize and sidecar.normalize and cfg.normalize != sidecar.normalize:
         log.warning("the head was trained with %s normalisation but --normalize %s was asked for",
-                    sidecar["normalize"], cfg.normalize)
-    return cfg.normalize or sidecar.get("normalize") or kind.normalize
+                    sidecar.normalize, cfg.normalize)
+    return cfg.normalize or sidecar.normalize or kind.normalize
 
 
-def _input_size(cfg: GenerateConfig, sidecar: dict, native: int, patch: int) -> int | None:
+def _input_size(cfg: GenerateConfig, sidecar: HeadRecord, native: int, patch: int) -> int | None:
     """The square side images are resized to (None with ``max_size``): the flag's, else the head's, else the
     backbone's native one, rounded up to a multiple of ``patch`` (said when it changes); a flag that contradicts
     the head is warned about, and one that leaves fewer than two patches a side is refused."""
@@ -263,8 +262,8 @@ def _input_size(cfg: GenerateConfig, sidecar: dict, native: int, patch: int) -> 
     return size
 
 
-def _requested_size(cfg: GenerateConfig, sidecar: dict, native: int) -> int | None:
-    trained = sidecar.get("image_size")
+def _requested_size(cfg: GenerateConfig, sidecar: HeadRecord, native: int) -> int | None:
+    trained = sidecar.image_size
     if cfg.image_size and trained and cfg.image_size != trained:
         log.warning("the head was trained at %s px but --image_size %s was asked for", trained, cfg.image_size)
     if cfg.max_size:
@@ -324,32 +323,19 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         # the shared no-grad forward is nearly all the work; one compiled graph per input shape (bucketed)
         model.forward_to_target = torch.compile(model.forward_to_target)
     engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=runtime.precision)
-    run_info = {
-        "dataset_root": str(images.root),
-        "modes": [m.to_json() for m in modes],
-        "method": cfg.method,
-        "target_layer": model.target_layer_name,
-        "backbone": {"path": str(loaded.model_path.resolve()), "sha256": file_sha256(loaded.model_path),
-                     "arch": arch_name(model.backbone, cfg.arch), **backbone_shape(model.backbone),
-                     **({"pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else {})},
-        "head": loaded.head_info,
-        **({"concepts": loaded.concepts.to_json()} if loaded.concepts else {}),
-        "class_names_file": loaded.class_file,
-        "class_names": loaded.class_names,
-        "preprocessing": {**preprocess.to_json(), "normalize": normalize},
-        "similarity": cfg.similarity,
-        "target": cfg.target,
-        "save_size": cfg.save_size,
-        "map_dtype": "float32" if cfg.save_size == "grid" else "float16",
-        "aug_smooth": cfg.aug_smooth,
-        "precision": runtime.precision,
-        "decode": runtime.decode,
-        "compile": cfg.compile,
-        "num_workers": runtime.num_workers,
-        "versions": {"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
-    }
-    return RunSetup(engine, images, preprocess, loaded.class_names, run_info, device, loaded.concepts, runtime, maps)
+    record = RunRecord(
+        dataset_root=str(images.root), modes=tuple(modes), method=cfg.method, target_layer=model.target_layer_name,
+        backbone=BackboneRecord.of(backbone_shape(model.backbone), path=str(loaded.model_path.resolve()),
+                                   sha256=file_sha256(loaded.model_path), arch=arch_name(model.backbone, cfg.arch),
+                                   pool=cfg.clip_pool if isinstance(model, ClipClassifier) else None),
+        head=loaded.head_file, concepts=loaded.concepts, class_names_file=loaded.class_file,
+        class_names=tuple(loaded.class_names), preprocessing=PreprocessingRecord.of(preprocess, normalize),
+        similarity=cfg.similarity, target=cfg.target, save_size=cfg.save_size,
+        map_dtype="float32" if cfg.save_size == "grid" else "float16", aug_smooth=cfg.aug_smooth,
+        precision=runtime.precision, decode=runtime.decode, compile=cfg.compile, num_workers=runtime.num_workers,
+        versions={"finer_cam": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                  "python": platform.python_version()})
+    return RunSetup(engine, images, preprocess, loaded.class_names, record, device, loaded.concepts, runtime, maps)
 
 
 def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: StopRequest | None = None,
@@ -370,7 +356,7 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     if replace_engine is not None:
         setup.engine = replace_engine(setup.engine)
     images, preprocess, device = setup.images, setup.preprocess, setup.device
-    folder = _open_folder(cfg, setup.run_info, ranks)
+    folder = _open_folder(cfg, setup.record, ranks)
     rel_paths = [images.relative(p) for p in images.paths]
     pending = [i for i, rel in enumerate(rel_paths) if cfg.overwrite or not folder.is_done(rel, setup.map_names[rel])]
     todo = _Todo(rel_paths, ranks.shard(pending), setup.map_names)
@@ -435,18 +421,18 @@ def run_generate(cfg: GenerateConfig, progress: BarFactory | None = None, stop: 
     return summary
 
 
-def _open_folder(cfg: GenerateConfig, run_info: dict, ranks: Ranks) -> RunFolder:
+def _open_folder(cfg: GenerateConfig, record: RunRecord, ranks: Ranks) -> RunFolder:
     """Rank 0 opens (checks, compacts) the output folder while the others wait; then each rank appends its
     index lines to a file of its own (merged at the end), or to the index itself in a single process."""
     folder, error = None, None
     if ranks.is_main:
         try:
-            folder = RunFolder(cfg.save_dir, run_info, overwrite=cfg.overwrite)
+            folder = RunFolder(cfg.save_dir, record, overwrite=cfg.overwrite)
         except FinerCamError as exc:
             error = exc
     ranks.share_error(error)
     if not ranks.is_main:
-        return RunFolder.attach(cfg.save_dir, run_info, ranks.rank)
+        return RunFolder.attach(cfg.save_dir, record, ranks.rank)
     if ranks.world > 1:
         folder.write_to_shard(0)
     return folder
@@ -544,18 +530,12 @@ def _explain_group(group: _Group, cfg: GenerateConfig, setup: RunSetup, todo: _T
 def _write_group(explained: _Explained, cfg: GenerateConfig, setup: RunSetup, todo: _Todo, writer: MapWriter,
                  summary: Summary) -> None:
     """Hand the maps and index lines of an explained group to ``writer`` (once its copies have arrived)."""
-    engine, concepts = setup.engine, setup.concepts
+    layout = setup.record.layout
     host = explained.host.wait()
     group, rels, labels, raw, x = explained.group.items, explained.rels, explained.labels, explained.raw, \
         explained.group.images
-    refs = host["references"].tolist()
-    if concepts is None:
-        targets = host["targets"].tolist()
-        references = [{mode.name: _ranked(r, mode) for mode in engine.modes} for r in refs]  # refs [B, K]
-    else:
-        targets = [list(range(len(concepts.names)))] * len(rels)
-        references = [[{mode.name: _ranked(r, mode) for mode in engine.modes} for r in per_concept]
-                      for per_concept in refs]  # refs [B, K concepts, R]
+    rankings = host["references"].tolist()  # [B, R], or [B, K, R] for concepts: most similar first
+    targets = host["targets"].tolist() if layout.class_per_image else [None] * len(rels)
     maps_cpu = host["maps"]
     predicted = host["predicted"].tolist()
     top_p, top_i = host["top_p"].tolist(), host["top_i"].tolist()
@@ -564,7 +544,7 @@ def _write_group(explained: _Explained, cfg: GenerateConfig, setup: RunSetup, to
         if cfg.save_size == "original":
             w, h = item["size"]
             m = normalize_maps(resize_maps(raw[b], (h, w))).half().cpu()
-        if labels[b] is None and cfg.target == "label" and concepts is None:
+        if labels[b] is None and cfg.target == "label" and layout.class_per_image:
             summary.label_fallback += 1
         entry = {
             "image": rel,
@@ -573,14 +553,10 @@ def _write_group(explained: _Explained, cfg: GenerateConfig, setup: RunSetup, to
             "input_size": [int(x.shape[-1]), int(x.shape[-2])],
             "label": labels[b],
             "predicted": predicted[b],
-            "target": targets[b],
-            "references": references[b],
+            "target": layout.index_target(targets[b]),
+            "references": layout.index_references(rankings[b]),
+            "ranking": rankings[b],
             "top5": {"indices": top_i[b], "probs": [round(p, 6) for p in top_p[b]]},
         }
         writer.submit(todo.map_names[rel], m.numpy(), entry)
         summary.processed += 1
-
-
-def _ranked(refs: list[int], mode) -> list[int]:
-    """The classes a mode compares with: its ranks that the reference list holds."""
-    return [refs[r - 1] for r in mode.ranks if r <= len(refs)]

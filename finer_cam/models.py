@@ -10,7 +10,6 @@ For CAMs both run in two parts, split at the target layer (the last block's firs
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ import clip
 from dinov2 import ARCHS, DinoVisionTransformer, ViTConfig, load_dinov2, register_arch
 
 from .checkpoints import CheckpointError, load_state_dict_file
-from .data import NORMALIZATIONS
 from .errors import ArgumentError, FinerCamError
-from .userfiles import is_special, read_text
+from .userfiles import is_special
 from .kernels import pack_linears
+from .records import HeadRecord
 from .weights import resolve_weights
 
 SIDECAR = "classifier_config.json"
@@ -276,23 +275,13 @@ def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> nn.
     return head
 
 
-def read_sidecar(head_path: str | Path) -> dict:
-    """The JSON that train_classifier.py writes beside its heads (empty when there is none)."""
+def read_sidecar(head_path: str | Path) -> HeadRecord:
+    """The sidecar that train_classifier.py writes beside its heads, every field checked (an empty record when
+    there is none)."""
     path = Path(head_path).with_name(SIDECAR)
     if not path.exists():
-        return {}
-    try:
-        data = json.loads(read_text(path, str(path)))
-    except (ValueError, RecursionError) as exc:
-        raise FinerCamError(f"{path}: unreadable classifier sidecar ({exc})") from None
-    if not isinstance(data, dict):
-        raise FinerCamError(f"{path}: the classifier sidecar must be a JSON object")
-    size, normalize = data.get("image_size"), data.get("normalize")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise FinerCamError(f"{path}: 'image_size' {size!r} is not a positive number of pixels")
-    if normalize is not None and normalize not in NORMALIZATIONS:
-        raise FinerCamError(f"{path}: 'normalize' {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-    return data
+        return HeadRecord()
+    return HeadRecord.read(path)
 
 
 def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: str = "auto",
@@ -308,11 +297,12 @@ def load_classifier(model_path: str | Path, classifier_path: str | Path, arch: s
     return freeze_and_pack(model, device)
 
 
-def _check_sidecar_backbone(sidecar: dict, model: Classifier, head_path: str | Path, model_path: str | Path) -> None:
+def _check_sidecar_backbone(sidecar: HeadRecord, model: Classifier, head_path: str | Path,
+                            model_path: str | Path) -> None:
     """A head trained on another backbone of the same width would load but explain nonsense: refuse it."""
-    trained = sidecar.get("backbone")
-    if not isinstance(trained, dict):
+    if sidecar.backbone is None:
         return
+    trained = sidecar.backbone.to_json()
     have = backbone_shape(model.backbone)
     if isinstance(model, ClipClassifier):
         have["pool"] = model.pooling

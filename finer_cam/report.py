@@ -15,6 +15,7 @@ from .perturbations import pct
 
 if TYPE_CHECKING:
     from .evaluate import EvaluateConfig, EvaluateResult
+    from .records import RunRecord
 
 OUTPUT_FILES = ("summary.md", "summary.csv", "summary.json", "per_image.csv", "curves.png", "rd_bars.png")
 
@@ -45,16 +46,16 @@ def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
 
 
-def write_outputs(cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves, modes: list[str]) -> None:
+def write_outputs(cfg: EvaluateConfig, run: RunRecord, result: EvaluateResult, curves, modes: list[str]) -> None:
     out = Path(cfg.out)
     lock = FolderLock(out, "out")  # also marks the figures as outputs, never read as images
     try:
-        _write_tables(out, cfg, run_info, result, curves, modes)
+        _write_tables(out, cfg, run, result, curves, modes)
     finally:
         lock.release()
 
 
-def _write_tables(out: Path, cfg: EvaluateConfig, run_info: dict, result: EvaluateResult, curves,
+def _write_tables(out: Path, cfg: EvaluateConfig, run: RunRecord, result: EvaluateResult, curves,
                   modes: list[str]) -> None:
     base = ["image", "mode", "target", "reference", "p_target", "p_reference"]
     _write_csv(out / "per_image.csv", base + result.metrics, result.rows)
@@ -68,7 +69,7 @@ def _write_tables(out: Path, cfg: EvaluateConfig, run_info: dict, result: Evalua
     settings["mask_format"] = resolve_mask_format(cfg.masks, cfg.mask_format)
     write_json(out / "summary.json", {
         "settings": settings, "modes": result.summary, "images": result.images, "failed": result.failed,
-        "similarity": run_info.get("similarity"), "method": run_info.get("method"),
+        "similarity": run.similarity, "method": run.method,
         "mean_curves": {k: dict(zip(modes, np.concatenate(v).mean(0).round(6).tolist())) for k, v in curves.items() if v},
     })
     atomic_write_bytes(out / "summary.md", lambda f: f.write((format_table(result) + "\n").encode("utf-8")))

@@ -10,21 +10,20 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import FolderLock, atomic_write_bytes, json_text, remove_stale_temporaries, write_json
+from .atomic import FolderLock, atomic_write_bytes, json_text, remove_stale_temporaries
 from .errors import ArgumentError, FinerCamError
-from .userfiles import is_special, read_text, safe_relative
+from .records import MapLayout, RunRecord
+from .userfiles import is_special, safe_relative
 
 log = logging.getLogger("finer_cam")
 RUN_FILE = "run.json"
 INDEX_FILE = "index.jsonl"
 SHARD_INDEX = "index.rank{}.jsonl"  # one per rank of a torchrun run, merged into INDEX_FILE at its end
-# run.json fields that must agree for a rerun to resume into the same folder
-RESUME_KEYS = ("dataset_root", "modes", "method", "backbone", "head", "class_names", "concepts", "preprocessing",
-               "similarity", "target", "save_size", "aug_smooth", "precision", "decode", "compile")
 
 
 def save_maps(path: Path, maps: np.ndarray) -> None:
@@ -44,15 +43,10 @@ class SkippedFile(Exception):
         self.path = path
 
 
-def map_lead_shape(run_info: dict) -> tuple[int, ...]:
-    """The leading dims of a run's map files: ``(M,)`` modes, or ``(K, M)`` concepts x modes for a concept run."""
-    modes = len(run_info["modes"])
-    concepts = run_info.get("concepts")
-    return (len(concepts["names"]), modes) if concepts else (modes,)
-
-
-def read_map_file(path: Path, lead: tuple[int, ...]) -> np.ndarray:
-    """``[*lead, h, w]`` maps of one image (see :func:`map_lead_shape`), checked to be finite floats."""
+def read_map_file(path: Path, layout: MapLayout) -> np.ndarray:
+    """``[*lead, h, w]`` maps of one image (``lead``: the run's :attr:`~MapLayout.lead_shape`), checked to be
+    finite floats."""
+    lead = layout.lead_shape
     if not path.is_file():
         raise SkippedFile(path, "map file missing")
     try:
@@ -62,8 +56,7 @@ def read_map_file(path: Path, lead: tuple[int, ...]) -> np.ndarray:
         raise SkippedFile(path, f"not a readable .npy map file ({why})") from None
     if maps.ndim != len(lead) + 2 or tuple(maps.shape[:len(lead)]) != tuple(lead) or min(maps.shape[-2:]) < 1:
         want = ", ".join(map(str, lead))
-        what = "concepts x modes" if len(lead) == 2 else "modes"
-        raise SkippedFile(path, f"maps of shape {maps.shape}, expected [{want}, H, W] for the run's {what}")
+        raise SkippedFile(path, f"maps of shape {maps.shape}, expected [{want}, H, W] for the run's {layout.dims}")
     if not np.issubdtype(maps.dtype, np.floating) or not np.isfinite(maps).all():
         raise SkippedFile(path, f"maps must be finite floats (dtype {maps.dtype})")
     return maps
@@ -147,37 +140,25 @@ def read_index(path: Path) -> dict[str, dict]:
     return entries
 
 
-def read_run(cam_dir: str | Path, argument: str = "cam_dir") -> tuple[dict, dict[str, dict]]:
-    """A generate_cam.py output folder: its ``run.json`` and its index entries (see :func:`read_index`)."""
+def read_run(cam_dir: str | Path, argument: str = "cam_dir") -> tuple[RunRecord, dict[str, dict]]:
+    """A generate_cam.py output folder: its ``run.json`` (every field checked) and its index entries (see
+    :func:`read_index`)."""
     folder = Path(cam_dir)
     if not folder.is_dir():
         raise ArgumentError(argument, Path(cam_dir), "no such folder")
     run_path = folder / RUN_FILE
     if not run_path.exists():
         raise ArgumentError(argument, Path(cam_dir), f"no {RUN_FILE} (not a folder written by generate_cam.py)")
-    try:
-        run_info = json.loads(read_text(run_path, str(run_path)))
-    except (ValueError, RecursionError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else "not JSON"
-        raise FinerCamError(f"{run_path}: unreadable ({why})") from None
-    if not isinstance(run_info, dict) or not isinstance(run_info.get("modes"), list) or \
-            not isinstance(run_info.get("class_names"), list) or \
-            not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in run_info["modes"]) or \
-            not all(isinstance(n, str) for n in run_info["class_names"]):
-        raise FinerCamError(f"{run_path}: not a generate_cam.py run description (no modes or class_names)")
-    concepts = run_info.get("concepts")
-    if concepts is not None and not (isinstance(concepts, dict) and isinstance(concepts.get("names"), list)):
-        raise FinerCamError(f"{run_path}: its concepts are not a list of names")
-    return run_info, read_index(folder / INDEX_FILE)
+    return RunRecord.read(run_path), read_index(folder / INDEX_FILE)
 
 
-def dataset_root(run_info: dict, dataset_dir: str | None, cam_dir: str | Path) -> Path:
+def dataset_root(run: RunRecord, dataset_dir: str | None, cam_dir: str | Path) -> Path:
     """The images' root: ``--dataset_dir`` when given, else the one run.json recorded; it must exist."""
     if dataset_dir:
         if not Path(dataset_dir).is_dir():
             raise ArgumentError("dataset_dir", Path(dataset_dir), "no such folder")
         return Path(dataset_dir)
-    root = run_info.get("dataset_root")
+    root = run.dataset_root
     if not root or not Path(root).is_dir():
         raise FinerCamError(f"{Path(cam_dir) / RUN_FILE}: its dataset root {root!r} does not exist (moved?); "
                             "pass --dataset_dir")
@@ -191,7 +172,7 @@ class RunFolder:
     index lines of finished images are kept (one per image, the last wins), a torn last line is dropped.
     """
 
-    def __init__(self, save_dir: str | Path, run_info: dict, overwrite: bool = False) -> None:
+    def __init__(self, save_dir: str | Path, record: RunRecord, overwrite: bool = False) -> None:
         self.dir = Path(save_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -201,13 +182,13 @@ class RunFolder:
             raise ArgumentError("save_dir", Path(save_dir), "the folder is not writable")
         self.lock = FolderLock(self.dir, "save_dir")  # held until close(): one run at a time per folder
         try:
-            self._open(run_info, overwrite)
+            self._open(record, overwrite)
         except BaseException:
             self.lock.release()
             raise
 
-    def _open(self, run_info: dict, overwrite: bool) -> None:
-        self.run_info = run_info
+    def _open(self, record: RunRecord, overwrite: bool) -> None:
+        self.record = record
         self.entries: dict[str, dict] = {}
         self._lock = threading.Lock()  # index lines come from MapWriter's threads
         run_path = self.dir / RUN_FILE
@@ -215,28 +196,26 @@ class RunFolder:
             remove_stale_temporaries(self.dir)
         if run_path.exists() and not overwrite:
             try:
-                old = json.loads(read_text(run_path, str(run_path)))
-            except (FinerCamError, ValueError, RecursionError):
-                raise FinerCamError(f"{run_path}: unreadable; use another --save_dir or --overwrite") from None
-            if not isinstance(old, dict):
-                raise FinerCamError(f"{run_path}: not a run description; use another --save_dir or --overwrite")
-            changed = [k for k in RESUME_KEYS if _comparable(k, old.get(k)) != _comparable(k, run_info.get(k))]
+                old = RunRecord.read(run_path)
+            except FinerCamError as exc:
+                raise FinerCamError(f"{exc}; use another --save_dir or --overwrite") from None
+            changed = old.resume_differences(record)
             if changed:
                 raise FinerCamError(f"{run_path}: this folder holds a run with a different {', '.join(changed)}; "
                                     "use another --save_dir, or --overwrite to replace it")
             self.entries = self._read_entries()
-        write_json(run_path, run_info)
+        record.write(run_path)
         # the index compacted: one line per finished image, no torn line, the shard files of a killed
         # multi-process run folded in; errors and lost maps are redone
         self._rewrite_index(keep_errors=False)
         self._index = open(self.dir / INDEX_FILE, "a", encoding="utf-8")
 
     @classmethod
-    def attach(cls, save_dir: str | Path, run_info: dict, rank: int) -> RunFolder:
+    def attach(cls, save_dir: str | Path, record: RunRecord, rank: int) -> RunFolder:
         """The folder as another rank sees it once rank 0 has opened it: its finished images, and this
         rank's own index file to append to."""
         self = cls.__new__(cls)
-        self.dir, self.run_info, self._lock, self.lock = Path(save_dir), run_info, threading.Lock(), None
+        self.dir, self.record, self._lock, self.lock = Path(save_dir), record, threading.Lock(), None
         self.entries = read_index(self.dir / INDEX_FILE)
         self._index = open(self.dir / SHARD_INDEX.format(rank), "a", encoding="utf-8")
         return self
@@ -290,7 +269,7 @@ class RunFolder:
 
     def finish(self, summary: dict) -> None:
         self._index.close()
-        write_json(self.dir / RUN_FILE, {**self.run_info, "summary": summary})
+        replace(self.record, summary=summary).write(self.dir / RUN_FILE)
         self.release()
 
     def close(self) -> None:
@@ -302,14 +281,6 @@ class RunFolder:
         self.close()
         if self.lock is not None:
             self.lock.release()
-
-
-def _comparable(key: str, value):
-    """A run.json field as a resume compares it: the backbone by its file and shape, not by how its
-    architecture was named (``--arch auto`` and the name it resolves to are the same model)."""
-    if key == "backbone" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "arch"}
-    return value
 
 
 class MapWriter:

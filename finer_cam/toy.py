@@ -44,6 +44,7 @@ from .data import open_image
 from .errors import FinerCamError
 from .atomic import atomic_write_bytes, write_json
 from .runstore import dataset_root, read_run
+from .targets import Mode
 from .userfiles import read_text
 
 log = logging.getLogger("finer_cam")
@@ -601,14 +602,13 @@ def counterfactual_margins(model, cfg: ToyConfig, split: str, cases: list[Case],
     return out
 
 
-def _rank1_reference(entry: dict, run_modes: list[dict]) -> int | None:
+def _rank1_reference(entry: dict, run_modes: tuple[Mode, ...]) -> int | None:
     """The rank-1 reference class index.jsonl recorded for an entry (from a mode whose ranks hold 1)."""
     listed = entry.get("references")
     for mode in run_modes:
-        ranks = mode.get("ranks") or []
-        refs = listed.get(mode.get("name")) if isinstance(listed, dict) else None
-        if 1 in ranks and isinstance(refs, list) and len(refs) > ranks.index(1):
-            return int(refs[ranks.index(1)])
+        refs = listed.get(mode.name) if isinstance(listed, dict) else None
+        if 1 in mode.ranks and isinstance(refs, list) and len(refs) > mode.ranks.index(1):
+            return int(refs[mode.ranks.index(1)])
     return None
 
 
@@ -622,24 +622,24 @@ def swap_effects(cam_dir: str | Path, out: str | Path, device: str = "cpu", batc
     from .models import load_classifier
     from .swaps import SwapRow, write_swaps
 
-    run_info, entries = read_run(cam_dir)
-    root = dataset_root(run_info, None, cam_dir)
+    run, entries = read_run(cam_dir)
+    root = dataset_root(run, None, cam_dir)
     masks = root.parent / "masks" / root.name
     cfg, split = read_recipe(masks)
-    names = run_info["class_names"]
+    names = list(run.class_names)
     if names != cfg.class_names:
         raise FinerCamError(f"--cam_dir {cam_dir}: run.json's classes are not the toy world's ({masks})")
-    backbone, head = run_info.get("backbone") or {}, run_info.get("head") or {}
-    for what, path in (("backbone", backbone.get("path")), ("head", head.get("path"))):
+    backbone, head = run.backbone, run.head
+    for what, path in (("backbone", backbone and backbone.path), ("head", head and head.path)):
         if not path or not Path(path).is_file():
             raise FinerCamError(f"--cam_dir {cam_dir}: the {what} run.json names ({path}) is not a file")
-    model = load_classifier(backbone["path"], head["path"], backbone.get("arch", "auto"), device)
-    if run_info.get("target_layer", model.target_layer_name) != model.target_layer_name:
-        raise FinerCamError(f"--cam_dir {cam_dir}: target layer {run_info['target_layer']!r}; the token swap is "
+    model = load_classifier(backbone.path, head.path, backbone.arch or "auto", device)
+    if (run.target_layer or model.target_layer_name) != model.target_layer_name:
+        raise FinerCamError(f"--cam_dir {cam_dir}: target layer {run.target_layer!r}; the token swap is "
                             f"made at {model.target_layer_name}")
-    pre = run_info.get("preprocessing") or {}
-    if pre.get("image_size") != cfg.image_size or pre.get("max_size"):
-        raise FinerCamError(f"--cam_dir {cam_dir}: the run resized the images ({pre.get('image_size')} px); the "
+    pre = run.preprocessing
+    if pre is None or pre.image_size != cfg.image_size or pre.max_size:
+        raise FinerCamError(f"--cam_dir {cam_dir}: the run resized the images ({pre and pre.image_size} px); the "
                             f"toy world's are {cfg.image_size} px")
     cases, keys = [], []
     for rel in sorted(entries):
@@ -647,7 +647,7 @@ def swap_effects(cam_dir: str | Path, out: str | Path, device: str = "cpu", batc
         if "error" in entry:
             continue
         folder, _, stem = rel.partition("/")
-        ref = _rank1_reference(entry, run_info["modes"])
+        ref = _rank1_reference(entry, run.modes)
         if folder not in names or not stem.endswith(".png") or not stem[:-4].isdigit() or ref is None:
             raise FinerCamError(f"--cam_dir {cam_dir}: {rel} is not a toy image with a rank-1 reference")
         cls, target = names.index(folder), int(entry["target"])
@@ -663,9 +663,9 @@ def swap_effects(cam_dir: str | Path, out: str | Path, device: str = "cpu", batc
             drawn = np.asarray(img.convert("RGB"))
         if not np.array_equal(drawn, np.asarray(render(cfg, split, keys[0][1], int(rel.split("/")[1][:-4]))[0])):
             raise FinerCamError(f"{root / rel}: not the image {masks / COUNTERFACTUALS} draws (another toy world?)")
-    margins = iter(counterfactual_margins(model.eval(), cfg, split, cases, pre["mean"], pre["std"], batch_size))
+    margins = iter(counterfactual_margins(model.eval(), cfg, split, cases, pre.mean, pre.std, batch_size))
     plain = iter(counterfactual_margins(model, cfg, split, [Case(c, int(r.split("/")[1][:-4]), f, ())
-                                                            for r, c, f, _ in keys], pre["mean"], pre["std"],
+                                                            for r, c, f, _ in keys], pre.mean, pre.std,
                                         batch_size))
     rows = []
     for (rel, cls, ref, regions), base in zip(keys, plain):

@@ -34,6 +34,7 @@ from .userfiles import check_folder, claim_output
 from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
                      backbone_kind, backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
+from .records import AccuracyRecord, BackboneRecord, HeadRecord, PreprocessingRecord, TrainingDataRecord
 from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
@@ -336,9 +337,9 @@ def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
                             "them or --resume to continue that training")
 
 
-def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
-    info = {"arch": cfg.arch, "path": str(Path(cfg.model_path).resolve()), **backbone_shape(model.backbone)}
-    return {**info, "pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else info
+def _backbone_info(cfg: TrainConfig, model: Classifier) -> BackboneRecord:
+    return BackboneRecord.of(backbone_shape(model.backbone), arch=cfg.arch, path=str(Path(cfg.model_path).resolve()),
+                             pool=cfg.clip_pool if isinstance(model, ClipClassifier) else None)
 
 
 def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> TrainResult:
@@ -366,7 +367,7 @@ class _Model:
     cfg: TrainConfig  # with model_path resolved and image_size and normalize filled in
     model: nn.Module
     preprocess: Preprocess
-    backbone_info: dict
+    backbone_info: BackboneRecord
 
 
 def _load_model(cfg: TrainConfig, num_classes: int, device: torch.device, progress: BarFactory | None) -> _Model:
@@ -433,7 +434,7 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, prog
     loaded = _load_model(cfg, num_classes, device, progress)
     cfg, model, preprocess, backbone_info = loaded.cfg, loaded.model, loaded.preprocess, loaded.backbone_info
     settings = _settings(cfg)
-    setup = {"backbone": {**backbone_info, "file": _file_id(Path(cfg.model_path))},
+    setup = {"backbone": {**backbone_info.to_json(), "file": _file_id(Path(cfg.model_path))},
              "preprocessing": preprocess.to_json(), "precision": cfg.precision}
     cache = FeatureCache(cfg.feature_cache, setup)
     failures = Failures()
@@ -484,7 +485,7 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, split: Split, prog
                                       "optimizer": optimizer.state_dict(), "best_accuracy": state.best_accuracy,
                                       "best_loss": state.best_loss, "best_epoch": state.best_epoch,
                                       "best_head": state.best_head, "class_names": split.class_names,
-                                      "backbone": backbone_info, "settings": json_text(settings),
+                                      "backbone": backbone_info.to_json(), "settings": json_text(settings),
                                       "history": json_text(state.history)})
             epoch_bar.set_postfix(loss=f"{loss:.3f}", acc=f"{val_acc:.3f}")
             epoch_bar.update(1)
@@ -522,7 +523,7 @@ def _settings(cfg: TrainConfig) -> dict:
                                          "batch_size", "seed", "augment", "val_fraction")}
 
 
-def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: dict,
+def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], backbone_info: BackboneRecord,
                 settings: dict) -> _Progress:
     path = out / STATE
     try:
@@ -538,9 +539,9 @@ def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], b
                                 "same flags, or train anew with --overwrite")
         if state["class_names"] != class_names:
             raise FinerCamError(f"--resume: {path} was trained on other classes than {len(class_names)} found now")
-        if {k: v for k, v in state["backbone"].items() if k != "arch"} != \
-                {k: v for k, v in backbone_info.items() if k != "arch"}:
-            raise FinerCamError(f"--resume: {path} was trained on another backbone ({state['backbone']['path']})")
+        trained = BackboneRecord.from_json(state["backbone"], f"{path}: backbone")
+        if trained.resumed() != backbone_info.resumed():
+            raise FinerCamError(f"--resume: {path} was trained on another backbone ({trained.path})")
         if not all(torch.isfinite(t).all() for t in (*state["head"].values(), *state["best_head"].values())):
             raise FinerCamError(f"--resume: {path} holds NaN or infinite weights; train anew with --overwrite")
         head.load_state_dict(state["head"])
@@ -557,30 +558,27 @@ def _load_state(out: Path, head: nn.Linear, optimizer, class_names: list[str], b
 
 
 def _write_outputs(out: Path, cfg: TrainConfig, split: Split, head: nn.Linear, best_state, result: TrainResult,
-                   backbone_info: dict, preprocess: Preprocess, failures: Failures) -> None:
+                   backbone_info: BackboneRecord, preprocess: Preprocess, failures: Failures) -> None:
     _save_torch(out / BEST, best_state)
     _save_torch(out / LAST, _head_state(head))
     text = "".join(n + "\n" for n in split.class_names)
     atomic_write_bytes(out / CLASS_LIST, lambda f: f.write(text.encode("utf-8")))
     accuracy_info = {"split": split.val_name, "best": _num(result.best_accuracy), "best_epoch": result.best_epoch,
                      "last": _num(result.last_accuracy)}
-    write_json(out / SIDECAR, {
-        "format": 1,
-        "backbone": backbone_info,
-        "num_classes": len(split.class_names),
-        "class_names_file": CLASS_LIST,
-        "image_size": cfg.image_size,
-        "normalize": cfg.normalize,
-        "preprocessing": {**preprocess.to_json(), "normalize": cfg.normalize},
-        "features": (f"CLIP image embedding ({cfg.clip_pool} pooling)" if cfg.backbone == "clip"
-                     else "mean of the final-norm patch tokens"),
-        "accuracy": accuracy_info,
-        "data": {"root": str(Path(cfg.data_root).resolve()), "layout": split.layout,
-                 "train_images": len(split.train), "val_images": len(split.val), "failed_images": len(failures.items)},
-        "training": {k: v for k, v in asdict(cfg).items()
-                     if k in ("epochs", "lr", "weight_decay", "batch_size", "seed", "augment", "precision")}
+    HeadRecord(
+        backbone=backbone_info, num_classes=len(split.class_names), class_names_file=CLASS_LIST,
+        image_size=cfg.image_size, normalize=cfg.normalize,
+        preprocessing=PreprocessingRecord.of(preprocess, cfg.normalize),
+        features=(f"CLIP image embedding ({cfg.clip_pool} pooling)" if cfg.backbone == "clip"
+                  else "mean of the final-norm patch tokens"),
+        accuracy=AccuracyRecord(**accuracy_info),
+        data=TrainingDataRecord(root=str(Path(cfg.data_root).resolve()), layout=split.layout,
+                                train_images=len(split.train), val_images=len(split.val),
+                                failed_images=len(failures.items)),
+        training={k: v for k, v in asdict(cfg).items()
+                  if k in ("epochs", "lr", "weight_decay", "batch_size", "seed", "augment", "precision")}
         | {"optimizer": "AdamW", "schedule": "cosine"},
-        "versions": {"finer_cam": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    })
+        versions={"finer_cam": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    ).write(out / SIDECAR)
     write_json(out / METRICS, {"accuracy": accuracy_info, "epochs": result.history,
                                "failed_images": failures.items})

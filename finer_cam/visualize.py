@@ -21,7 +21,9 @@ from . import checks
 from .data import MAX_PIXELS, ImageError, load_image
 from .errors import ArgumentError, FinerCamError
 from .atomic import FolderLock, atomic_write_bytes, remove_stale_temporaries
-from .runstore import SkippedFile, dataset_root, entry_map, map_lead_shape, read_map_file, read_run
+from .records import MapLayout, RunRecord, mode_label
+from .runstore import SkippedFile, dataset_root, entry_map, read_map_file, read_run
+from .targets import Mode
 from .userfiles import check_folder, claim_output, inside
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, StopRequest, open_bar
@@ -68,12 +70,6 @@ class VisualizeSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def mode_label(mode: dict) -> str:
-    """``finer (α=0.6)``; a softmax-weighted mode says so."""
-    alpha = f"{mode['alpha']:g}"
-    return f"{mode['name']} (α={alpha}{', softmax' if mode.get('weighting') == 'softmax' else ''})"
-
-
 def _prob(entry: dict, cls: int) -> float | None:
     top = entry.get("top5") or {}
     for i, p in zip(top.get("indices", []), top.get("probs", [])):
@@ -90,10 +86,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_entry(entry: dict, concepts: bool) -> None:
+def check_entry(entry: dict, layout: MapLayout) -> None:
     """An index line's fields as generate_cam.py writes them, or a FinerCamError naming the first that is not
     (``top5`` indices and numeric probabilities; ``target``, ``predicted`` and ``label`` class indices;
     ``references`` per mode, a list of them per concept for a concept run)."""
+    concepts = not layout.class_per_image
     top = entry.get("top5")
     if top is not None and not (isinstance(top, dict) and isinstance(top.get("indices", []), list)
                                 and isinstance(top.get("probs", []), list)
@@ -116,18 +113,12 @@ def _with_prob(text: str, p: float | None) -> str:
     return f"{text} p={p:.3f}" if p is not None else f"{text} (not in top 5)"
 
 
-def class_name(run_info: dict, index, default: str = "?") -> str:
-    """The name of class ``index`` in the run's class list, or ``default`` for an index it does not hold."""
-    names = run_info["class_names"]
-    return names[index] if isinstance(index, int) and 0 <= index < len(names) else default
-
-
-def first_reference(entry: dict, modes: list[dict]) -> int | None:
-    """The rank-1 reference of the first mode that compares against any class (None when no mode does)."""
-    refs = entry.get("references") or {}
+def first_reference(references: dict, modes: tuple[Mode, ...]) -> int | None:
+    """The rank-1 reference of the first mode that compares against any class (None when no mode does), from
+    an image's (or a concept's) ``{mode: [classes]}``."""
     for mode in modes:
-        if mode.get("alpha") and refs.get(mode["name"]):
-            return refs[mode["name"]][0]
+        if mode.alpha and references.get(mode.name):
+            return references[mode.name][0]
     return None
 
 
@@ -160,62 +151,55 @@ def _placeholder(height: int, width: int) -> np.ndarray:
     return np.full((height, max(width, 1), 3), 235, np.uint8)
 
 
-def make_strip(image: np.ndarray, maps: np.ndarray, entry: dict, run_info: dict, example: np.ndarray | None,
-               lut: np.ndarray, alpha: float, height: int | None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The labelled strip of one image ``[H, W, 3]`` and its maps ``[M, h, w]``; also returns the heats."""
+def make_strips(image: np.ndarray, maps: np.ndarray, entry: dict, run: RunRecord, example: np.ndarray | None,
+                lut: np.ndarray, alpha: float, height: int | None) -> tuple[np.ndarray, list[tuple[str, list[np.ndarray]]]]:
+    """The figure of one image ``[H, W, 3]`` and its maps ``[*lead, h, w]`` (the run's :class:`MapLayout`): one
+    labelled strip per row of panels, stacked. A row is the image (labelled with the target class and the
+    prediction; for a concept run, with the concept), for an image's class an ``example`` of its first
+    reference class, then one overlay per mode labelled with what it contrasts with. Also returns each row's
+    grid title and heats."""
     if height is not None:
         image = resize_image(image, height)
     h, w = image.shape[:2]
-    heats = [fit_map(m, (w, h)) for m in maps]
-    modes = run_info["modes"]
+    layout = run.layout
+    strips, rows = [], []
+    for row, row_maps, references in zip(layout.rows, layout.row_maps(maps), layout.row_references(entry)):
+        heats = [fit_map(m, (w, h)) for m in row_maps]
+        panels = _lead_panels(image, entry, run, row.concept, references, example, (h, w))
+        for panel, heat in zip(row.panels, heats):
+            refs = references.get(panel.mode.name) or []
+            second = f"vs {', '.join(run.class_name(r) for r in refs)}" if panel.mode.alpha and refs else "plain CAM"
+            panels.append(label_panel(blend(image, heat, lut, alpha), [panel.label, second]))
+        strips.append(compose_strip(panels))
+        title = run.class_name(entry.get("target"), default=entry["image"]) if row.concept is None \
+            else f"{row.name} ({entry['image']})"
+        rows.append((title, heats))
+    gap = np.full((4, strips[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([part for strip in strips for part in (strip, gap)][:-1], axis=0), rows
 
-    def name(i):
-        return class_name(run_info, i)
 
+def _lead_panels(image: np.ndarray, entry: dict, run: RunRecord, concept: int | None, references: dict,
+                 example: np.ndarray | None, size: tuple[int, int]) -> list[np.ndarray]:
+    """The panels before a row's overlays: the image labelled with its target class (and the prediction when it
+    differs) and an example of its first reference class; for concept ``k``, the image labelled with it."""
+    h, w = size
+    if concept is not None:
+        names = run.layout.concepts
+        return [label_panel(image, [_with_prob(names[concept], _prob(entry, concept)),
+                                    f"concept {concept + 1} of {len(names)}"])]
     target = entry.get("target")
-    lines = [_with_prob(name(target), _prob(entry, target))]
+    lines = [_with_prob(run.class_name(target), _prob(entry, target))]
     if entry.get("predicted") is not None and entry.get("predicted") != target:
-        lines.append(_with_prob(f"predicted {name(entry['predicted'])}", _prob(entry, entry["predicted"])))
+        lines.append(_with_prob(f"predicted {run.class_name(entry['predicted'])}", _prob(entry, entry["predicted"])))
     else:
         lines.append("image (target class)")
     panels = [label_panel(image, lines)]
-    ref = first_reference(entry, modes)
+    ref = first_reference(references, run.modes)
     if ref is not None:
         ex = resize_image(example, h) if example is not None else _placeholder(h, w)
-        panels.append(label_panel(ex, [_with_prob(name(ref), _prob(entry, ref)),
+        panels.append(label_panel(ex, [_with_prob(run.class_name(ref), _prob(entry, ref)),
                                        "most similar class" if example is not None else "no example image found"]))
-    for mode, heat in zip(modes, heats):
-        refs = (entry.get("references") or {}).get(mode["name"]) or []
-        second = f"vs {', '.join(name(r) for r in refs)}" if mode.get("alpha") and refs else "plain CAM"
-        panels.append(label_panel(blend(image, heat, lut, alpha), [mode_label(mode), second]))
-    return compose_strip(panels), heats
-
-
-def make_concept_strips(image: np.ndarray, maps: np.ndarray, entry: dict, run_info: dict, lut: np.ndarray,
-                        alpha: float, height: int | None) -> tuple[np.ndarray, list[tuple[str, list[np.ndarray]]]]:
-    """A concept run's figure for one image: one row per concept ``maps [K, M, h, w]``, each the image labelled
-    with the concept and its probability, then one overlay per mode labelled with what it contrasts with.
-    Also returns ``(concept, heats)`` per row."""
-    if height is not None:
-        image = resize_image(image, height)
-    h, w = image.shape[:2]
-    concepts = run_info["concepts"]
-    modes = run_info["modes"]
-    all_refs = entry.get("references") if isinstance(entry.get("references"), list) else []
-    rows, heats_by_concept = [], []
-    for k, concept in enumerate(concepts["names"]):
-        heats = [fit_map(m, (w, h)) for m in maps[k]]
-        refs = all_refs[k] if k < len(all_refs) and isinstance(all_refs[k], dict) else {}
-        panels = [label_panel(image, [_with_prob(concept, _prob(entry, k)), f"concept {k + 1} of {len(concepts['names'])}"])]
-        for mode, heat in zip(modes, heats):
-            ref = refs.get(mode["name"]) or []
-            second = f"vs {', '.join(class_name(run_info, r) for r in ref)}" if mode.get("alpha") and ref else "plain CAM"
-            panels.append(label_panel(blend(image, heat, lut, alpha), [mode_label(mode), second]))
-        rows.append(compose_strip(panels))
-        heats_by_concept.append((concept, heats))
-    gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
-    stacked = [part for row in rows for part in (row, gap)][:-1]
-    return np.concatenate(stacked, axis=0), heats_by_concept
+    return panels
 
 
 def strip_name(map_rel: str, fmt: str) -> str:
@@ -249,8 +233,8 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
     """Write the strips (and the grid) for the images of ``cfg.cam_dir``, showing progress through ``progress``."""
     stop = stop or StopRequest()
     lut = check_config(cfg)
-    run_info, entries = read_run(cfg.cam_dir)
-    root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
+    run, entries = read_run(cfg.cam_dir)
+    root = dataset_root(run, cfg.dataset_dir, cfg.cam_dir)
     summary = VisualizeSummary()
     failed_before = [e for e in entries.values() if "error" in e]
     summary.not_explained = len(failed_before)
@@ -266,7 +250,6 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
     if cfg.grid is not None:
         claim_output(Path(cfg.grid).parent, "grid", root=root, image_folders=image_folders)
     examples = Examples(explained)
-    lead = map_lead_shape(run_info)
     grid_rows = []
     lock = FolderLock(cfg.save_dir, "save_dir")  # also marks the strips as outputs, never read as images
     try:
@@ -274,42 +257,33 @@ def run_visualize(cfg: VisualizeConfig, progress: BarFactory | None = None,
             remove_stale_temporaries(Path(cfg.save_dir))
         with open_bar(progress, "overlays", len(chosen)) as bar:
             for entry in chosen:
-                _draw_one(entry, cfg, run_info, root, examples, lut, lead, grid_rows, summary)
+                _draw_one(entry, cfg, run, root, examples, lut, grid_rows, summary)
                 bar.update(1)
                 stop.check()
     finally:
         lock.release()
     if cfg.grid and grid_rows:
-        fig = grid_figure(grid_rows, [mode_label(m) for m in run_info["modes"]], lut, cfg.alpha)
+        fig = grid_figure(grid_rows, [mode_label(m) for m in run.modes], lut, cfg.alpha)
         buf = io.BytesIO()
         fig.savefig(buf, format=Path(cfg.grid).suffix.lower().lstrip(".").replace("jpg", "jpeg"))
         atomic_write_bytes(Path(cfg.grid), lambda f: f.write(buf.getvalue()))
     return summary
 
 
-def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, examples: Examples, lut: np.ndarray,
-              lead: tuple[int, ...], grid_rows: list, summary: VisualizeSummary) -> None:
+def _draw_one(entry: dict, cfg: VisualizeConfig, run: RunRecord, root: Path, examples: Examples, lut: np.ndarray,
+              grid_rows: list, summary: VisualizeSummary) -> None:
     """One image's strip, written; a bad image or map file is logged and counted, not raised."""
     rel = entry["image"]
+    layout = run.layout
     try:
-        check_entry(entry, bool(run_info.get("concepts")))
+        check_entry(entry, layout)
         map_rel = entry_map(entry)
         image_path = inside(root, rel, "index.jsonl: image", follow_links=True)  # the user's own data set
         map_path = inside(cfg.cam_dir, map_rel, "index.jsonl: map")
         image = np.asarray(load_image(image_path, cfg.max_pixels))
-        maps = read_map_file(map_path, lead)
-        if run_info.get("concepts"):
-            strip, rows = make_concept_strips(image, maps, entry, run_info, lut, cfg.alpha, cfg.size)
-            _write_strip(strip, map_rel, cfg)
-            summary.written += 1
-            small = resize_image(image, 160)
-            for concept, heats in rows:
-                if cfg.grid and len(grid_rows) < cfg.grid_rows:
-                    grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats],
-                                      f"{concept} ({entry['image']})"))
-            return
-        ref = first_reference(entry, run_info["modes"])
+        maps = read_map_file(map_path, layout)
         example = None
+        ref = first_reference(layout.row_references(entry)[0], run.modes) if layout.class_per_image else None
         if ref is not None:
             ex_rel = examples.pick(ref, not_this=rel)
             if ex_rel is not None:
@@ -318,12 +292,13 @@ def _draw_one(entry: dict, cfg: VisualizeConfig, run_info: dict, root: Path, exa
                                                     cfg.max_pixels))
                 except ImageError as exc:
                     log.warning("%s: example image unreadable (%s)", root / ex_rel, exc)
-        strip, heats = make_strip(image, maps, entry, run_info, example, lut, cfg.alpha, cfg.size)
+        strip, rows = make_strips(image, maps, entry, run, example, lut, cfg.alpha, cfg.size)
         _write_strip(strip, map_rel, cfg)
         summary.written += 1
-        if cfg.grid and len(grid_rows) < cfg.grid_rows:
-            small = resize_image(image, 160)
-            grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats], _grid_title(entry, run_info)))
+        small = resize_image(image, 160) if cfg.grid else None
+        for title, heats in rows:
+            if cfg.grid and len(grid_rows) < cfg.grid_rows:
+                grid_rows.append((small, [fit_map(hm, small.shape[1::-1]) for hm in heats], title))
     except FinerCamError as exc:  # an index line that points outside its folder
         summary.failed += 1
         summary.errors.append((rel, str(exc)))
@@ -346,7 +321,3 @@ def _write_strip(strip: np.ndarray, map_rel: str, cfg: VisualizeConfig) -> None:
         log.warning("%s: the strip is %dx%d pixels, more than JPEG holds (%d); written as PNG", path,
                     strip.shape[1], strip.shape[0], JPEG_MAX)
     atomic_write_bytes(path, lambda f: f.write(_encode(strip, fmt)))
-
-
-def _grid_title(entry: dict, run_info: dict) -> str:
-    return class_name(run_info, entry.get("target"), default=entry["image"])

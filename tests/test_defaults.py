@@ -19,6 +19,7 @@ from finer_cam.cli import EXIT_USAGE
 from finer_cam.data import default_decode
 from finer_cam.device import MAX_AUTO_WORKERS, default_precision, loader_workers, usable_cpus
 from finer_cam.generate import GenerateConfig, Runtime, resolve_runtime
+from finer_cam.records import RunRecord
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")  # a torch.device is only a name: no GPU needed
 
@@ -78,12 +79,13 @@ def test_runtime_resolves_auto_and_keeps_what_a_resumed_run_began_with(monkeypat
     assert resolve_runtime(cfg, CUDA) == Runtime(num_workers=15, decode="torchvision", precision="tf32")
     assert resolve_runtime(cfg, CPU) == Runtime(num_workers=2, decode="pil", precision="fp32")
     # a run begun on a CPU and resumed on a GPU goes on as it began; explicit flags are taken as given
-    began = {"decode": "pil", "precision": "fp32"}
+    began = RunRecord(modes=(), class_names=(), decode="pil", precision="fp32")
     assert resolve_runtime(cfg, CUDA, began) == Runtime(15, "pil", "fp32")
     explicit = GenerateConfig("d", "o", num_workers=3, decode="draft", precision="bf16")
     assert resolve_runtime(explicit, CUDA, began) == Runtime(3, "draft", "bf16")
     # a recorded value that is no option (a damaged run.json) is not adopted
-    assert resolve_runtime(cfg, CUDA, {"decode": "nvjpeg", "precision": 3}) == Runtime(15, "torchvision", "tf32")
+    damaged = RunRecord(modes=(), class_names=(), decode="nvjpeg", precision="fp64")
+    assert resolve_runtime(cfg, CUDA, damaged) == Runtime(15, "torchvision", "tf32")
 
 
 # ------------------------------------------------------------------------------------ through the CLIs

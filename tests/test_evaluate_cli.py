@@ -92,6 +92,41 @@ def test_bad_maps_are_named_skipped_and_counted(world, tmp_path, capsys):
     assert len(list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))) == 4 * 3
 
 
+def test_the_reference_is_rank_1_of_the_ranking_generate_recorded(world, tmp_path, capsys):
+    """RD's reference class is read from index.jsonl (rank 1 of the ``ranking`` generate_cam.py recorded), not
+    ranked again: a line whose ranking is edited to another class is measured against that class. Only a line
+    without a ranking (written before the field existed) is ranked here, which gives generate_cam.py's choice
+    on this float32 CPU run; a ranking that names no class of the run is skipped and counted."""
+    cams = tmp_path / "cams"
+    shutil.copytree(world / "cams_input", cams)
+    index = cams / "index.jsonl"
+    entries = [json.loads(line) for line in index.read_text().splitlines()]
+    assert all(e["ranking"] and e["references"]["compare"] == e["ranking"][:1] for e in entries)
+    expected = {}
+    for i, e in enumerate(entries):
+        expected[e["image"]] = e["ranking"][0]
+        if i % 2 == 0:  # another class than the one generate_cam.py chose, and than the target
+            other = next(c for c in range(len(CLASSES)) if c not in (e["target"], e["ranking"][0]))
+            e["ranking"] = [other] + [c for c in e["ranking"] if c != other]
+            expected[e["image"]] = other
+        else:
+            del e["ranking"]
+    index.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    argv = ["--cam_dir", str(cams), "--steps", "0", "--num_workers", "0"]
+    assert evaluate.main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    assert len(rows) == 6 * 3 and len({r["reference"] for r in rows}) > 1
+    for r in rows:
+        assert int(r["reference"]) == expected[r["image"]], r
+    entries[0]["ranking"] = ["b"]
+    index.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    capsys.readouterr()
+    assert evaluate.main([*argv, "--out", str(tmp_path / "eval2")]) == 1
+    err = capsys.readouterr().err
+    assert f"{entries[0]['image']}: ranking ['b'] is not a list of class indices" in err and "Traceback" not in err
+    assert len(list(csv.DictReader(open(tmp_path / "eval2" / "per_image.csv")))) == 5 * 3
+
+
 @pytest.mark.parametrize("argv, says", [(["--percent", "0"], "--percent"), (["--steps", "-1"], "--steps"),
                                         (["--masks", "/nonexistent"], "--masks")])
 def test_usage_errors_are_one_line(world, tmp_path, capsys, argv, says):
@@ -174,12 +209,12 @@ def test_part_discs_are_the_pixels_near_a_part():
 def test_masked_variants_of_a_group_stay_within_the_budget_whatever_the_steps(steps):
     """The group size follows --steps and --percent: with 100 curve steps a group is smaller, and every
     group's masks (images x modes x variants x pixels) fit the budget."""
-    from finer_cam.evaluate import VARIANT_BUDGET, EvaluateConfig, _by_shape, _variants_per_mode
+    from finer_cam.evaluate import VARIANT_BUDGET, EvaluateConfig, _by_shape, _Ready, _variants_per_mode
 
     cfg = EvaluateConfig(cam_dir="x", out="y", steps=steps, percent=[5.0, 10.0])
     variants = _variants_per_mode(cfg)
     assert variants == 2 + (2 * (steps + 1) if steps else 0)
-    ready = [({"image": torch.zeros(3, 224, 224)},) for _ in range(200)]
+    ready = [_Ready({"image": torch.zeros(3, 224, 224)}, {}, np.zeros((3, 1, 1)), None, None) for _ in range(200)]
     groups = _by_shape(ready, 3, variants)
     assert sum(len(g) for g in groups) == 200
     assert all(len(g) * 3 * 224 * 224 * variants <= VARIANT_BUDGET for g in groups)

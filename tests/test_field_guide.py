@@ -16,6 +16,7 @@ import field_guide
 from finer_cam.errors import FinerCamError
 from finer_cam.guide.pairs import choose_modes, find_pairs, samples_of
 from finer_cam.guide.truth import read_swaps, score_guide
+from finer_cam.targets import parse_modes
 import browser
 from conftest import save_tiny_classifier, write_image
 
@@ -107,8 +108,8 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
 def test_pairs_are_counted_and_ranked(world):
     from finer_cam.runstore import read_run
 
-    run_info, entries = read_run(world / "cams")
-    modes = choose_modes(run_info["modes"], None, "cams")
+    run, entries = read_run(world / "cams")
+    modes = choose_modes(run.modes, None, "cams")
     samples, problems = samples_of(entries, modes, 3)
     assert problems == [] and len(samples) == 7
     pairs = find_pairs(samples)
@@ -119,8 +120,7 @@ def test_pairs_are_counted_and_ranked(world):
 
 
 def test_the_contrastive_mode_is_chosen_by_the_documented_rule():
-    modes = [{"name": "baseline", "alpha": 0}, {"name": "finer", "alpha": 0.6, "ranks": [1, 2, 3]},
-             {"name": "compare", "alpha": 1.0, "ranks": [1]}]
+    modes = parse_modes(["baseline:0", "finer:0.6:1,2,3", "compare:1:1"])
     chosen = choose_modes(modes, None, "run")
     assert (chosen.contrastive_name, chosen.plain_name) == ("compare", "baseline")
     assert choose_modes(modes[:2], None, "run").contrastive_name == "finer"

@@ -120,12 +120,13 @@ def test_run_files(folder, content):
     write(run, "run.json", content)
     (run / "index.jsonl").unlink(missing_ok=True)
     try:
-        run_info, entries = runstore.read_run(run)
-        runstore.map_lead_shape(run_info)
+        record, entries = runstore.read_run(run)
+        lead = record.layout.lead_shape
     except FinerCamError as exc:
         one_line(exc)
         return
-    assert isinstance(run_info["modes"], list) and isinstance(run_info["class_names"], list)
+    assert all(isinstance(m.name, str) and isinstance(m.alpha, float) for m in record.modes)
+    assert all(isinstance(n, str) for n in record.class_names) and lead[-1] == len(record.modes)
 
 
 @FUZZ

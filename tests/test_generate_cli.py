@@ -227,8 +227,9 @@ def test_map_writer_writes_off_the_main_loop_and_reports_a_failed_write(tmp_path
 
     from finer_cam import runstore
     from finer_cam.errors import FinerCamError
+    from finer_cam.records import RunRecord
 
-    folder = runstore.RunFolder(tmp_path / "out", {"modes": [], "class_names": []})
+    folder = runstore.RunFolder(tmp_path / "out", RunRecord(modes=(), class_names=()))
     writer = runstore.MapWriter(folder, threads=2, max_pending=3)
     threads = set()
     real = runstore.save_maps

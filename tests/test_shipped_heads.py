@@ -75,10 +75,10 @@ def test_shipped_sidecars_record_the_official_preprocessing():
     for folder in ("stanford_cars", "birds525"):
         head = next((ROOT / "pretrained_models" / "classifier" / folder).glob("classifier_*_DINO.pth"))
         sidecar = read_sidecar(head)
-        assert sidecar["normalize"] == "clip" and sidecar["image_size"] == 224
-        pre = sidecar["preprocessing"]
-        assert tuple(pre["mean"]) == CLIP_MEAN and tuple(pre["std"]) == CLIP_STD and pre["interpolation"] == "bicubic"
-        assert sidecar["backbone"] == {"kind": "dinov2", "embed_dim": 768, "registers": 0, "patch_size": 14}
+        assert sidecar.normalize == "clip" and sidecar.image_size == 224
+        pre = sidecar.preprocessing
+        assert pre.mean == CLIP_MEAN and pre.std == CLIP_STD and pre.interpolation == "bicubic"
+        assert sidecar.backbone.to_json() == {"kind": "dinov2", "embed_dim": 768, "registers": 0, "patch_size": 14}
         assert load_head(head).out_features == len(read_class_names(head.with_name("class_names.txt")))
 
 

@@ -62,8 +62,8 @@ def test_head_trains_and_loads_in_generate_cam(tmp_path, backbone):
     head = load_head(out / "best_classifier.pth")
     assert tuple(head.weight.shape) == (3, 64)
     side = read_sidecar(out / "best_classifier.pth")
-    assert side["normalize"] == "clip" and side["image_size"] == 56 and side["backbone"]["embed_dim"] == 64
-    assert side["accuracy"]["best"] >= 0.9, side["accuracy"]
+    assert side.normalize == "clip" and side.image_size == 56 and side.backbone.shape["embed_dim"] == 64
+    assert side.accuracy.best >= 0.9, side.accuracy
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 25 and metrics["epochs"][-1]["loss"] < metrics["epochs"][0]["loss"]
     # generate_cam.py reads the head, its class list and its preprocessing without being told
@@ -237,10 +237,10 @@ def test_clip_backbone_head_trains_and_explains(tmp_path, backbone, capsys):
                                   "--model_path", str(clip_file), "--output_dir", str(out), "--epochs", "40",
                                   "--lr", "0.05", "--num_workers", "0", "--batch_size", "8"]) == 0
     side = read_sidecar(out / "best_classifier.pth")
-    assert side["backbone"]["kind"] == "clip" and side["backbone"]["pool"] == "mean"
-    assert side["normalize"] == "clip" and side["image_size"] == 32  # the checkpoint's resolution
+    assert side.backbone.kind == "clip" and side.backbone.pool == "mean"
+    assert side.normalize == "clip" and side.image_size == 32  # the checkpoint's resolution
     assert load_head(out / "best_classifier.pth").weight.shape == (3, 32)  # on the 32-dim CLIP embedding
-    assert side["accuracy"]["best"] >= 0.9
+    assert side.accuracy.best >= 0.9
     cams = tmp_path / "cams"
     assert generate_cam.main(["--backbone", "clip", "--clip_pool", "mean", "--model_path", str(clip_file),
                               "--classifier_path", str(out / "best_classifier.pth"), "--dataset_path",

@@ -30,6 +30,7 @@ from ..data import MAX_PIXELS
 from ..device import loader_workers, resolve_device
 from ..errors import ArgumentError, FinerCamError
 from ..atomic import FolderLock, OUTPUT_MARKER
+from ..records import MapLayout, RunRecord
 from ..runstore import SkippedFile, dataset_root, read_map_file, read_run
 from ..userfiles import check_folder, inside
 from ..progress import BarFactory, StopRequest, open_bar
@@ -145,7 +146,7 @@ class Shares:
     plain: dict[str, np.ndarray]
 
 
-def _measure(samples: list[Sample], wanted: list[int], cam_dir: Path, lead: tuple[int, ...], modes: Modes,
+def _measure(samples: list[Sample], wanted: list[int], cam_dir: Path, layout: MapLayout, modes: Modes,
              annotated: AnnotatedParts | None, discovered: Discovered | None, result: GuideResult,
              progress: BarFactory | None, stop: StopRequest) -> Shares:
     """Read the maps of the ``wanted`` samples one at a time and keep only their shares per part."""
@@ -160,7 +161,7 @@ def _measure(samples: list[Sample], wanted: list[int], cam_dir: Path, lead: tupl
         for i in wanted:
             s = samples[i]
             try:
-                maps = read_map_file(inside(cam_dir, s.map, f"{cam_dir}/index.jsonl"), lead)
+                maps = read_map_file(inside(cam_dir, s.map, f"{cam_dir}/index.jsonl"), layout)
                 heats = [maps[modes.contrastive], maps[modes.plain]]
                 found = {}
                 if annotated is not None:
@@ -195,11 +196,11 @@ def run_guide(cfg: GuideConfig, progress: BarFactory | None = None, stop: StopRe
     """Build the field guide of ``cfg.cam_dir`` into ``cfg.save_dir``."""
     stop = stop or StopRequest()
     check_guide_folder(cfg.save_dir)
-    run_info, entries = read_run(cfg.cam_dir)
-    if run_info.get("concepts"):
+    run, entries = read_run(cfg.cam_dir)
+    if not run.layout.class_per_image:
         raise FinerCamError(f"--cam_dir {cfg.cam_dir}: {CONCEPT_RUN}")
-    modes = choose_modes(run_info["modes"], cfg.mode, cfg.cam_dir)
-    class_names = run_info["class_names"]
+    modes = choose_modes(run.modes, cfg.mode, cfg.cam_dir)
+    class_names = list(run.class_names)
     samples, problems = samples_of(entries, modes, len(class_names))
     for line in problems:
         log.warning("%s", line)
@@ -217,7 +218,7 @@ def run_guide(cfg: GuideConfig, progress: BarFactory | None = None, stop: StopRe
     try:
         built = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.building-", dir=save_dir.parent))
         try:
-            result = _build(cfg, run_info, samples, pairs, dirs, modes, annotated, built, progress, stop)
+            result = _build(cfg, run, samples, pairs, dirs, modes, annotated, built, progress, stop)
             _move_into_place(built, save_dir)
         except BaseException:
             shutil.rmtree(built, ignore_errors=True)
@@ -231,7 +232,7 @@ def run_guide(cfg: GuideConfig, progress: BarFactory | None = None, stop: StopRe
     return result
 
 
-def _build(cfg: GuideConfig, run_info: dict, samples: list[Sample], pairs: list[Pair],
+def _build(cfg: GuideConfig, run: RunRecord, samples: list[Sample], pairs: list[Pair],
            dirs: dict[tuple[int, int], Direction], modes: Modes, annotated: AnnotatedParts | None, built: Path,
            progress: BarFactory | None, stop: StopRequest) -> GuideResult:
     from .site import render
@@ -243,10 +244,9 @@ def _build(cfg: GuideConfig, run_info: dict, samples: list[Sample], pairs: list[
         root = None
         discovered = None
         if annotated is None or cfg.discover:
-            root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
-            discovered = _discover(cfg, run_info, samples, root, built, progress, stop)
-        lead = (len(modes.names),)
-        shares = _measure(samples, wanted, Path(cfg.cam_dir), lead, modes, annotated, discovered, result, progress,
+            root = dataset_root(run, cfg.dataset_dir, cfg.cam_dir)
+            discovered = _discover(cfg, run, samples, root, built, progress, stop)
+        shares = _measure(samples, wanted, Path(cfg.cam_dir), run.layout, modes, annotated, discovered, result, progress,
                           stop)
         if annotated is not None and annotated.found == 0:
             raise FinerCamError(f"{annotated.source}: names no image of the run (expected e.g. "
@@ -258,10 +258,10 @@ def _build(cfg: GuideConfig, run_info: dict, samples: list[Sample], pairs: list[
         result.kinds = list(shares.names)
         if root is None:
             try:
-                root = dataset_root(run_info, cfg.dataset_dir, cfg.cam_dir)
+                root = dataset_root(run, cfg.dataset_dir, cfg.cam_dir)
             except FinerCamError as exc:
                 log.warning("%s; the guide is built without pictures of the images", exc)
-        result.guide = render(built, cfg, run_info, samples, pairs, dirs, modes, shares.names, discovered, root,
+        result.guide = render(built, cfg, run, samples, pairs, dirs, modes, shares.names, discovered, root,
                               rank_by, result, progress)
     finally:
         build_lock.release()
@@ -274,15 +274,15 @@ def _expected_annotation(cfg: GuideConfig, sample: Sample) -> str:
     return f"a row with image {sample.image!r}"
 
 
-def _discover(cfg: GuideConfig, run_info: dict, samples: list[Sample], root: Path, built: Path,
+def _discover(cfg: GuideConfig, run: RunRecord, samples: list[Sample], root: Path, built: Path,
               progress: BarFactory | None, stop: StopRequest) -> Discovered:
     from ..evaluate import load_run_model
 
     device = resolve_device(cfg.device)
-    model = load_run_model(run_info, cfg.cam_dir, device, cfg.model_path, cfg.classifier_path, cfg.arch)
+    model = load_run_model(run, cfg.cam_dir, device, cfg.model_path, cfg.classifier_path, cfg.arch)
     work = Path(tempfile.mkdtemp(prefix=".tokens-", dir=built))
     try:
-        return discover_parts(samples, root, model, run_info, cfg.parts_k, work, device, cfg.batch_size,
+        return discover_parts(samples, root, model, run, cfg.parts_k, work, device, cfg.batch_size,
                               loader_workers(cfg.num_workers, device), cfg.max_pixels, progress=progress, stop=stop)
     finally:
         shutil.rmtree(work, ignore_errors=True)

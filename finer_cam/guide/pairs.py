@@ -7,12 +7,14 @@ images what A and B share. A *pair* is the two directions of two classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import FinerCamError
 from ..metrics import mean_ci
+from ..targets import Mode
 
 
 @dataclass(frozen=True)
@@ -48,16 +50,15 @@ class Modes:
         return self.names[self.plain]
 
 
-def choose_modes(run_modes: list[dict], wanted: str | None, cam_dir) -> Modes:
+def choose_modes(run_modes: Sequence[Mode], wanted: str | None, cam_dir) -> Modes:
     """The contrastive mode: ``wanted`` when given, else, by rule, the mode that contrasts with exactly the
     rank-1 class (ranks ``[1]``, as ``compare:1:1``) with the largest alpha, else the first mode with alpha >
     0 (as ``finer``). The plain mode is the first with alpha 0. A run without one of them is a FinerCamError.
     """
-    names = tuple(m["name"] for m in run_modes)
+    names = tuple(m.name for m in run_modes)
 
-    def alpha(m: dict) -> float:
-        value = m.get("alpha")
-        return float(value) if isinstance(value, (int, float)) else 0.0
+    def alpha(m: Mode) -> float:
+        return m.alpha
 
     plain = [i for i, m in enumerate(run_modes) if alpha(m) == 0]
     contrastive = [i for i, m in enumerate(run_modes) if alpha(m) > 0]
@@ -76,9 +77,9 @@ def choose_modes(run_modes: list[dict], wanted: str | None, cam_dir) -> Modes:
             raise FinerCamError(f"--mode {wanted}: a plain mode (alpha 0), not a contrastive one; the run's "
                                 f"contrastive modes: {', '.join(names[i] for i in contrastive)}")
     else:
-        exact = [i for i in contrastive if list(run_modes[i].get("ranks") or []) == [1]]
+        exact = [i for i in contrastive if list(run_modes[i].ranks) == [1]]
         chosen = max(exact, key=lambda i: alpha(run_modes[i])) if exact else contrastive[0]
-    with_rank1 = [i for i in contrastive if list(run_modes[i].get("ranks") or [])[:1] == [1]]
+    with_rank1 = [i for i in contrastive if list(run_modes[i].ranks)[:1] == [1]]
     if not with_rank1:
         raise FinerCamError(f"--cam_dir {cam_dir}: no contrastive mode of the run compares with the rank-1 class "
                             "(ranks starting with 1), so the index does not say which class each image is most "

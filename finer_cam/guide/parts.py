@@ -15,6 +15,7 @@ from ..data import ImageDataset, make_loader
 from ..errors import FinerCamError
 from ..evaluate import run_preprocess
 from ..ground_truth import GroundTruth, part_discs, read_named_parts
+from ..records import RunRecord
 from ..runstore import SkippedFile
 from ..overlay import fit_map
 from ..progress import BarFactory, StopRequest, open_bar
@@ -150,7 +151,7 @@ def _grid(sample: Sample, preprocess, patch: int) -> tuple[int, int]:
     return h // patch, w // patch
 
 
-def discover_parts(samples: list[Sample], root: Path, model, run_info: dict, k: int, work: Path, device,
+def discover_parts(samples: list[Sample], root: Path, model, run: RunRecord, k: int, work: Path, device,
                    batch_size: int = 32, num_workers: int = 2, max_pixels: int | None = None, strip: int = 8,
                    progress: BarFactory | None = None, stop: StopRequest | None = None) -> Discovered:
     """Run the backbone once over the images of ``samples``: their patch tokens (L2-normalised, the CAM target
@@ -160,7 +161,7 @@ def discover_parts(samples: list[Sample], root: Path, model, run_info: dict, k: 
 
     stop = stop or StopRequest()
     patch, prefix = model.patch_size, model.num_prefix_tokens
-    preprocess = run_preprocess(run_info, patch)
+    preprocess = run_preprocess(run, patch)
     grids = [_grid(s, preprocess, patch) for s in samples]
     offsets = np.concatenate([[0], np.cumsum([r * c for r, c in grids])]).astype(np.int64)
     total = int(offsets[-1])

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from ..data import ImageError, load_image
 from ..atomic import atomic_write_bytes, write_json
+from ..records import MapLayout, RunRecord
 from ..runstore import SkippedFile, read_map_file
 from ..userfiles import inside
 from ..overlay import blend, colormap_lut, compose_strip, fit_map, resize_image
@@ -63,9 +64,9 @@ def part_page(k: int) -> str:
 class Pictures:
     """Reads images and maps for the site and writes its pictures (JPEG thumbnails, PNG strips)."""
 
-    def __init__(self, out: Path, root: Path | None, cam_dir: Path, lead: tuple[int, ...], modes: Modes,
+    def __init__(self, out: Path, root: Path | None, cam_dir: Path, layout: MapLayout, modes: Modes,
                  height: int, max_pixels: int | None) -> None:
-        self.out, self.root, self.cam_dir, self.lead, self.modes = out, root, cam_dir, lead, modes
+        self.out, self.root, self.cam_dir, self.layout, self.modes = out, root, cam_dir, layout, modes
         self.height, self.max_pixels = height, max_pixels
         self.lut = colormap_lut("jet")
         self._images: dict[str, np.ndarray | None] = {}
@@ -90,7 +91,7 @@ class Pictures:
     def heat(self, s: Sample, mode: int, size: tuple[int, int]) -> np.ndarray | None:
         """Map ``mode`` of the image fitted to ``size = (W, H)`` in [0, 1], None when unreadable."""
         try:
-            maps = read_map_file(inside(self.cam_dir, s.map, "index.jsonl"), self.lead)
+            maps = read_map_file(inside(self.cam_dir, s.map, "index.jsonl"), self.layout)
         except SkippedFile:
             return None
         return fit_map(maps[mode], size)
@@ -228,13 +229,13 @@ def _top(d: Direction, kind: str) -> PartStat | None:
     return ranked[0] if ranked else None
 
 
-def render(out: Path, cfg, run_info: dict, samples: list[Sample], pairs: list[Pair],
+def render(out: Path, cfg, run: RunRecord, samples: list[Sample], pairs: list[Pair],
            dirs: dict[tuple[int, int], Direction], modes: Modes, kinds: dict[str, list[str]],
            discovered: Discovered | None, root: Path | None, rank_by: str, result,
            progress: BarFactory | None = None) -> dict:
     """Write the whole guide into ``out``; returns what ``guide.json`` holds."""
-    names = run_info["class_names"]
-    pics = Pictures(out, root, Path(cfg.cam_dir), (len(modes.names),), modes, cfg.thumb, cfg.max_pixels)
+    names = list(run.class_names)
+    pics = Pictures(out, root, Path(cfg.cam_dir), run.layout, modes, cfg.thumb, cfg.max_pixels)
     paged = pairs[:cfg.pairs]
     by_class: dict[int, list[int]] = {}
     for i, s in enumerate(samples):
@@ -259,7 +260,7 @@ def render(out: Path, cfg, run_info: dict, samples: list[Sample], pairs: list[Pa
             _part(out, k, discovered, strips[-1], dirs, names, paged)
     for c in range(len(names)):
         _class(out, c, names, pairs, paged, dirs, samples, by_class, main_kind, pics)
-    guide = _guide_json(cfg, run_info, samples, pairs, paged, dirs, modes, kinds, discovered, rank_by, result)
+    guide = _guide_json(cfg, run, samples, pairs, paged, dirs, modes, kinds, discovered, rank_by, result)
     write_json(out / "guide.json", guide)
     _index(out, cfg, names, pairs, paged, dirs, modes, main_kind, pages, discovered, strips, result, by_class)
     return guide
@@ -420,10 +421,11 @@ def _index(out: Path, cfg, names, pairs, paged, dirs, modes: Modes, kind: str, p
     atomic_write_bytes(out / "index.html", lambda f: f.write(_page("Field guide of look-alikes", "\n".join(body))))
 
 
-def _guide_json(cfg, run_info, samples, pairs, paged, dirs, modes: Modes, kinds, discovered, rank_by, result) -> dict:
+def _guide_json(cfg, run: RunRecord, samples, pairs, paged, dirs, modes: Modes, kinds, discovered, rank_by,
+                result) -> dict:
     from . import GUIDE_KIND
 
-    names = run_info["class_names"]
+    names = list(run.class_names)
     paged_keys = {p.key for p in paged}
     out_pairs = []
     for rank, p in enumerate(pairs, start=1):
@@ -442,7 +444,7 @@ def _guide_json(cfg, run_info, samples, pairs, paged, dirs, modes: Modes, kinds,
         found = [{"name": n, "coverage": float(discovered.coverage[k]), "page": part_page(k),
                   "regions": discovered.regions[k] if discovered.regions else None}
                  for k, n in enumerate(discovered.names)]
-    return {"kind": GUIDE_KIND, "version": 1, "cam_dir": str(cfg.cam_dir), "method": run_info.get("method"),
+    return {"kind": GUIDE_KIND, "version": 1, "cam_dir": str(cfg.cam_dir), "method": run.method,
             "mode": modes.contrastive_name, "plain_mode": modes.plain_name, "rank_by": rank_by,
             "class_names": names, "images": result.images, "failed": result.failed,
             "parts": {k: v for k, v in kinds.items()}, "discovered": found or None, "pairs": out_pairs}
