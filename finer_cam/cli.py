@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from .checkpoints import CheckpointError
 from .data import MAX_PIXELS
-from .errors import FinerCamError, speak_of_flags
+from pathlib import PurePath
+
+from .errors import UNSET, FinerCamError
 from .models import BACKBONES, CLIP_POOLS, DEFAULT_MODELS
 from .progress import Interrupted, StopRequest
 
@@ -23,7 +25,12 @@ EXIT_INTERNAL = 70  # an unexpected error (a bug): never one of the statuses abo
 
 
 class _TqdmHandler(logging.Handler):
+    """Log lines through ``tqdm.write`` (above the progress bars); an error logged as an argument
+    (``log.error("%s", exc)``) is worded for the command line (:func:`message`)."""
+
     def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.args, tuple) and any(isinstance(a, FinerCamError) for a in record.args):
+            record.args = tuple(message(a) if isinstance(a, FinerCamError) else a for a in record.args)
         tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
@@ -97,6 +104,19 @@ def add_num_workers_argument(group) -> None:
                             "cores is capped to them with a warning; 0 decodes in the main process")
 
 
+def message(error: Exception) -> str:
+    """An error worded for a command line: the argument it is about as its flag (``--modes 'finer:0.6': ...``),
+    the other arguments its problem names as flags too (the library's ``str(error)`` names them as arguments)."""
+    if not isinstance(error, FinerCamError):
+        return str(error)
+    if error.argument is None:
+        return error.problem
+    head, value = f"--{error.argument}", error.value
+    if value is not UNSET:
+        head += f" {value if isinstance(value, (PurePath, int, float)) else repr(value)}"
+    return f"{head}: {error.problem}"
+
+
 def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger("finer_cam")
     root.handlers[:] = [_TqdmHandler()]
@@ -137,11 +157,10 @@ def main_guard(prog: str, body: Callable[[StopRequest], int],
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     previous_term = signal.signal(signal.SIGTERM, on_sigterm) if in_main and stop_on_sigterm else None
-    style = speak_of_flags(True)
     try:
         return body(stop)
     except (FinerCamError, CheckpointError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (Interrupted, KeyboardInterrupt):
         print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
@@ -152,7 +171,6 @@ def main_guard(prog: str, body: Callable[[StopRequest], int],
               f"{EXIT_INTERNAL}", file=sys.stderr)
         return EXIT_INTERNAL
     finally:
-        speak_of_flags(style)
         if in_main:
             signal.signal(signal.SIGINT, previous)
             if stop_on_sigterm:
