@@ -27,8 +27,8 @@ from .errors import ArgumentError, FinerCamError
 from .runstore import INDEX_FILE, MapWriter, RUN_FILE, RunFolder, map_names
 from .userfiles import check_folder, claim_output, is_special, read_text
 from .kernels import prepack
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
-                     backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, arch_name, backbone_kind,
+                     backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
 from .pipeline import HostCopy, Prefetcher, to_host
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, SIMILARITIES, parse_modes
@@ -331,7 +331,7 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
         "target_layer": model.target_layer_name,
         "backbone": {"path": str(loaded.model_path.resolve()), "sha256": file_sha256(loaded.model_path),
                      "arch": arch_name(model.backbone, cfg.arch), **backbone_shape(model.backbone),
-                     **({"pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else {})},
+                     **kind.pooling(cfg.clip_pool)},
         "head": loaded.head_info,
         **({"concepts": loaded.concepts.to_json()} if loaded.concepts else {}),
         "class_names_file": loaded.class_file,

@@ -31,7 +31,7 @@ from .device import PRECISIONS, autocast, loader_workers, resolve_device
 from .errors import FinerCamError
 from .atomic import FolderLock, OUTPUT_MARKER, atomic_write_bytes, json_text, write_json
 from .userfiles import check_folder, claim_output
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
+from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier,
                      backbone_kind, backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 from .weights import resolve_weights
@@ -338,7 +338,7 @@ def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
 
 def _backbone_info(cfg: TrainConfig, model: Classifier) -> dict:
     info = {"arch": cfg.arch, "path": str(Path(cfg.model_path).resolve()), **backbone_shape(model.backbone)}
-    return {**info, "pool": cfg.clip_pool} if isinstance(model, ClipClassifier) else info
+    return {**info, **backbone_kind(model.backbone).pooling(cfg.clip_pool)}
 
 
 def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> TrainResult:
@@ -572,8 +572,7 @@ def _write_outputs(out: Path, cfg: TrainConfig, split: Split, head: nn.Linear, b
         "image_size": cfg.image_size,
         "normalize": cfg.normalize,
         "preprocessing": {**preprocess.to_json(), "normalize": cfg.normalize},
-        "features": (f"CLIP image embedding ({cfg.clip_pool} pooling)" if cfg.backbone == "clip"
-                     else "mean of the final-norm patch tokens"),
+        "features": BACKBONES[cfg.backbone].features(cfg.clip_pool),
         "accuracy": accuracy_info,
         "data": {"root": str(Path(cfg.data_root).resolve()), "layout": split.layout,
                  "train_images": len(split.train), "val_images": len(split.val), "failed_images": len(failures.items)},
