@@ -1,13 +1,17 @@
 """Value checks for the run configurations (``GenerateConfig``, ``TrainConfig``, ``EvaluateConfig``,
-``VisualizeConfig``): each configuration checks its fields once, when it is made, whether from a command line
-or from Python, and the code that runs it trusts them. Each field is a flag of a script: the errors are
-:class:`ArgumentError` of the field, which a command line prints with the flag (``--lr nan: ...``) and Python
-with the field (``lr=nan: ...``)."""
+``VisualizeConfig``, ``GuideConfig``): each configuration checks its fields once, when it is made, whether from
+a command line or from Python, and the code that runs it trusts them. Each field is a flag of a script: the
+errors are :class:`ArgumentError` of the field, which a command line prints with the flag (``--lr nan: ...``)
+and Python with the field (``lr=nan: ...``).
+
+A setting declares its check (:mod:`finer_cam.settings`) as a callable ``check(field, value)``: :class:`AtLeast`,
+:class:`Finite`, :func:`num_workers`, :func:`max_pixels`, or a function of its own module."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .errors import ArgumentError
 
@@ -46,17 +50,44 @@ def exclusive(*fields_and_values: tuple[str, object]) -> None:
         raise ArgumentError(given[0], problem=f"excludes {', '.join('--' + g for g in given[1:])} (give one of them)")
 
 
-def num_workers(value) -> None:
+@dataclass(frozen=True)
+class AtLeast:
+    """A setting's check: :func:`at_least` ``minimum``."""
+
+    minimum: int
+    what: str = ""
+    optional: bool = False
+
+    def __call__(self, field: str, value) -> None:
+        at_least(field, value, self.minimum, self.what, self.optional)
+
+
+@dataclass(frozen=True)
+class Finite:
+    """A setting's check: :func:`finite` within the bounds given."""
+
+    what: str
+    above: float | None = None
+    at_least: float | None = None
+    below: float | None = None
+    at_most: float | None = None
+
+    def __call__(self, field: str, value) -> None:
+        finite(field, value, self.what, above=self.above, at_least=self.at_least, below=self.below,
+               at_most=self.at_most)
+
+
+def num_workers(field: str, value) -> None:
     """``--num_workers``, as every script that decodes images takes it: ``auto`` (what the machine has, see
     :func:`finer_cam.device.loader_workers`), or a number of processes, 0 decoding in the main process."""
     if value == "auto":
         return
-    at_least("num_workers", value, 0, "auto, 0 (decode in the main process) or more")
+    at_least(field, value, 0, "auto, 0 (decode in the main process) or more")
 
 
-def max_pixels(value) -> None:
+def max_pixels(field: str, value) -> None:
     """``--max_pixels``, the decompression-bomb guard every script that decodes images takes."""
-    at_least("max_pixels", value, 0, "a number of pixels, or 0 for no limit", optional=True)
+    at_least(field, value, 0, "a number of pixels, or 0 for no limit", optional=True)
 
 
 def patches_a_side(field: str, value, patch: int) -> None:

@@ -1,57 +1,61 @@
-"""The exceptions the CLIs turn into a one-line message and a non-zero exit status."""
+"""The one exception base of the project's user-facing errors, which the CLIs turn into one line and an exit status.
+
+An error knows the argument it is about (``argument``: a Python parameter of the library, which is also the
+command-line flag ``--argument``), the value given (``value``, when it matters) and the ``problem``. Its text
+names other arguments in the command line's notation, ``--name``: that is markup. ``str(error)`` is the
+library's wording (``modes='finer:0.6': a non-zero ALPHA needs RANKS``, other arguments as ``name``); only
+:func:`finer_cam.cli.message` words it for a command line (``--modes 'finer:0.6': ...``). Nothing global
+changes the wording.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import PurePath
 
-_UNSET = object()
-_FLAG = re.compile(r"(?<![^\s(])--([a-z][a-z0-9_]*)")  # a flag the problem names: after a space or "(" only
+UNSET = object()  # no value given (``value=None`` is a value)
+FLAG = re.compile(r"(?<![^\s(])--([a-z][a-z0-9_]*)")  # a flag the problem names: after a space or "(" only
 
 
 class FinerCamError(Exception):
-    """A problem with the user's input (a file, an argument, a checkpoint) that they can act on."""
+    """A problem with the user's input (a file, an argument, a checkpoint) that they can act on.
+
+    ``problem`` is the whole message for an error about a file or the machine; with ``argument`` (and,
+    optionally, ``value``), it is what is wrong with that argument's value.
+    """
+
+    def __init__(self, problem: str, *, argument: str | None = None, value=UNSET) -> None:
+        super().__init__(problem)
+        self.problem, self.argument, self.value = problem, argument, value
+
+    def __str__(self) -> str:
+        """The library's wording: arguments by their Python names."""
+        problem = FLAG.sub(r"\1", self.problem)
+        if self.argument is None:
+            return problem
+        head = self.argument
+        if self.value is not UNSET:
+            head += f"={str(self.value)!r}" if isinstance(self.value, PurePath) else f"={self.value!r}"
+        return f"{head}: {problem}"
+
+    def __reduce__(self):  # across processes (loader workers, torchrun), with or without a value
+        has_value = self.value is not UNSET
+        return _rebuild, (type(self), self.problem, self.argument, has_value, self.value if has_value else None)
 
 
-class _Style:
-    flags = False  # True while a command line runs (cli.main_guard): arguments are named as its flags
-
-
-def speak_of_flags(on: bool) -> bool:
-    """Name arguments as command-line flags (``--modes``) in messages, or as Python arguments (``modes``);
-    returns the previous setting."""
-    previous, _Style.flags = _Style.flags, on
-    return previous
+def _rebuild(cls: type[FinerCamError], problem: str, argument: str | None, has_value: bool, value) -> FinerCamError:
+    error = cls.__new__(cls)
+    FinerCamError.__init__(error, problem, argument=argument, value=value if has_value else UNSET)
+    return error
 
 
 class ArgumentError(FinerCamError):
-    """A bad value for the argument ``name``. The library speaks of arguments (``modes='x': ...``); while a
-    command line runs, whose flag for an argument is ``--name``, the message names the flag (``--modes 'x':
-    ...``). ``problem`` names other arguments as flags (``--other``); the library's form drops the dashes."""
+    """A bad value for the argument ``name``: ``ArgumentError("modes", "finer:0.6", "a non-zero ALPHA needs
+    RANKS")``, or without a value, ``ArgumentError("concepts", problem="needs --backbone clip")``."""
 
-    def __init__(self, name: str, value=_UNSET, problem: str = "is not usable"):
-        self.name, self.problem, self.value = name, problem, value
-        super().__init__(name, problem)
+    def __init__(self, name: str, value=UNSET, problem: str = "is not usable") -> None:
+        super().__init__(problem, argument=name, value=value)
 
-    def __str__(self) -> str:
-        return self._render(_Style.flags)
-
-    def __reduce__(self):  # across processes (loader workers, torchrun) with or without a value
-        return _rebuild, (self.name, self.problem, self.value is not _UNSET,
-                          None if self.value is _UNSET else self.value)
-
-    def _render(self, flags: bool) -> str:
-        value = self.value
-        if flags:
-            head, problem = f"--{self.name}", self.problem
-            if value is not _UNSET:
-                head += f" {value if isinstance(value, (PurePath, int, float)) else repr(value)}"
-        else:
-            head, problem = self.name, _FLAG.sub(r"\1", self.problem)
-            if value is not _UNSET:
-                head += f"={str(value)!r}" if isinstance(value, PurePath) else f"={value!r}"
-        return f"{head}: {problem}"
-
-
-def _rebuild(name: str, problem: str, has_value: bool, value) -> ArgumentError:
-    return ArgumentError(name, value, problem) if has_value else ArgumentError(name, problem=problem)
+    @property
+    def name(self) -> str:
+        return self.argument

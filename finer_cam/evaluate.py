@@ -35,18 +35,19 @@ import torch
 
 from . import checks
 from .cam import normalize_maps, resize_maps
-from .data import MAX_PIXELS, ImageDataset, Preprocess, make_loader
+from .data import ImageDataset, Preprocess, make_loader
 from .device import loader_workers, resolve_device
 from .distributed import init_ranks, shutdown
 from .errors import ArgumentError, FinerCamError
 from .ground_truth import MASK_FORMATS, SWAP_METRICS, GroundTruth, swap_agreement
 from .metrics import curve_auc, energy_inside, mean_ci, pointing_hit
 from .models import load_classifier
-from .records import BackboneRecord, HeadFileRecord, RunRecord
+from .records import BackboneRecord, HeadFileRecord, MapLayout, RunRecord
 from .perturbations import FILLS, evaluate_group, pct
 from .progress import BarFactory, StopRequest, open_bar
 from .report import OUTPUT_FILES, write_outputs
-from .records import MapLayout
+from .settings import (CAM_DIR, DEVICE, MAX_PIXELS, NUM_WORKERS, PART_RADIUS, RUN_ARCH, RUN_CLASSIFIER_PATH,
+                       RUN_DATASET_DIR, RUN_MODEL_PATH, check_settings, setting)
 from .runstore import INDEX_FILE, SkippedFile, dataset_root, entry_map, read_map_file, read_run
 from .targets import Mode, rank_references, weight_cosine
 from .userfiles import check_folder, claim_output, inside
@@ -55,47 +56,72 @@ log = logging.getLogger("finer_cam")
 VARIANT_BUDGET = 64 * 2**20  # mask elements (bytes of bool) built at once for one group of images
 
 
+def _percentages(field: str, value) -> None:
+    """``--percent``: one or more distinct percentages, each between 0 and 100."""
+    if not value or any(not 0 < p < 100 for p in value):
+        raise ArgumentError(field, " ".join(map(str, value)), "each must be between 0 and 100 (exclusive)")
+    if len({pct(p) for p in value}) != len(value):
+        raise ArgumentError(field, " ".join(map(pct, value)), "a percentage is given twice")
+
+
 @dataclass
 class EvaluateConfig:
-    cam_dir: str
-    out: str
-    dataset_dir: str | None = None
-    model_path: str | None = None
-    classifier_path: str | None = None
-    arch: str | None = None
-    percent: list[float] = field(default_factory=lambda: [5.0, 10.0])
-    fill: str = "mean"
-    steps: int = 20
-    masks: str | None = None
-    boxes: str | None = None
-    parts: str | None = None  # CSV image,part,x,y: visible part locations (prepare_dataset.py cub)
-    part_radius: float = 0.1  # of the image's shorter side
-    mask_format: str = "auto"
-    attributes: str | None = None
-    swaps: str | None = None  # CSV of swap effects (finer_cam.swaps): the counterfactual agreement
-    batch_size: int = 64
-    num_workers: int | str = "auto"  # device.loader_workers
-    device: str = "auto"
-    limit: int | None = None
-    max_pixels: int | None = MAX_PIXELS
+    """What evaluate.py runs: each field is its flag of the same name (:mod:`finer_cam.settings`)."""
+
+    cam_dir: str = CAM_DIR.field(
+        help="a generate_cam.py output folder; its run.json gives the dataset, model and preprocessing")
+    out: str = setting(help="folder for the tables and figures")
+    dataset_dir: str | None = RUN_DATASET_DIR.field()
+    model_path: str | None = RUN_MODEL_PATH.field()
+    classifier_path: str | None = RUN_CLASSIFIER_PATH.field()
+    arch: str | None = RUN_ARCH.field()
+    percent: list[float] = setting([5.0, 10.0], metavar="K", check=_percentages,
+                                   help="RD@k and drop@k for these percentages of pixels")
+    fill: str = setting(
+        "mean", choices=FILLS,
+        help="what masked pixels become: 0 after normalisation (the data set mean) or a blurred copy")
+    steps: int = setting(20, check=checks.AtLeast(0, "0 (no curves) or more"),
+                         help="steps of the deletion/insertion curves (0: no curves)")
+    masks: str | None = setting(
+        None, metavar="DIR",
+        help="ground-truth masks: DIR/<image path, its extension replaced by .png> (a.jpg and a.png share one "
+             "mask), encoded as --mask_format says")
+    boxes: str | None = setting(
+        None, metavar="CSV",
+        help="instead of --masks: ground-truth boxes, a CSV with columns image,x1,y1,x2,y2 in original image pixels")
+    mask_format: str = setting(
+        "auto", choices=MASK_FORMATS,
+        help="binary: the object where the pixel is >= 128; levels: 0 background, 128 object, 255 part; labels: a "
+             "label map named by DIR/labels.json ({\"background\": 0, \"regions\": {name: value}, \"parts\": "
+             "[names]}); auto: labels when DIR/labels.json exists, else binary")
+    attributes: str | None = setting(
+        None, metavar="JSON",
+        help="each class's look of each region, {\"classes\": {class name: {region: look}}}, with label-map masks: "
+             "adds energy_difference and pointing_difference, the map inside the regions where the target looks "
+             "different from the mode's reference classes")
+    swaps: str | None = setting(  # CSV of swap effects (finer_cam.swaps): the counterfactual agreement
+        None, metavar="CSV",
+        help="swap effects, a CSV image,target,reference,part,margin,swapped_margin,token_swapped_margin (python -m "
+             "finer_cam.toy swaps writes the toy's), with label-map masks: adds swap_rank and swap_top (token_rank, "
+             "token_top), how the map's density per part follows the effects")
+    parts: str | None = setting(  # CSV image,part,x,y: visible part locations (prepare_dataset.py cub)
+        None, metavar="CSV",
+        help="part locations for a part-level pointing game: a CSV with columns image,part,x,y in original image "
+             "pixels (prepare_dataset.py cub writes the visible ones as parts.csv)")
+    part_radius: float = PART_RADIUS.field(  # of the image's shorter side
+        help="a part covers the disc of this radius around its location, as a fraction of the image's shorter side")
+    limit: int | None = setting(None, check=checks.AtLeast(1, optional=True),
+                                help="only the first N images (in path order)")
+    max_pixels: int | None = MAX_PIXELS.field()
+    batch_size: int = setting(64, check=checks.AtLeast(1), help="images (masked variants) per forward pass")
+    num_workers: int | str = NUM_WORKERS.field()  # device.loader_workers
+    device: str = DEVICE.field()
 
     def __post_init__(self) -> None:
-        """Every field's value is checked here, once (:mod:`finer_cam.checks`)."""
-        checks.one_of("fill", self.fill, FILLS)
-        checks.one_of("mask_format", self.mask_format, MASK_FORMATS)
-        if not self.percent or any(not 0 < p < 100 for p in self.percent):
-            raise ArgumentError("percent", " ".join(map(str, self.percent)), "each must be between 0 and 100 "
-                                "(exclusive)")
-        if len({pct(p) for p in self.percent}) != len(self.percent):
-            raise ArgumentError("percent", " ".join(map(pct, self.percent)), "a percentage is given twice")
-        checks.num_workers(self.num_workers)
-        checks.max_pixels(self.max_pixels)
-        checks.at_least("steps", self.steps, 0, "0 (no curves) or more")
-        checks.at_least("batch_size", self.batch_size, 1)
-        checks.at_least("limit", self.limit, 1, optional=True)
+        """Every field's value is checked here, once: each against its setting, then the settings that go
+        together."""
+        check_settings(self)
         checks.exclusive(("masks", self.masks), ("boxes", self.boxes))
-        checks.finite("part_radius", self.part_radius, "a fraction of the shorter side between 0 and 1", above=0,
-                      below=1)
         if self.attributes and not self.masks:
             raise ArgumentError("attributes", problem="needs --masks (label maps with labels.json)")
         if self.swaps and not self.masks:

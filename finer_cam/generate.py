@@ -16,8 +16,8 @@ from .downloads import file_sha256
 
 from . import __version__, checks
 from .cam import METHODS, TARGETS, FinerCAM, normalize_maps, resize_maps
-from .concepts import ConceptSet
-from .data import (DECODERS, DEFAULT_CLASS_LIST, MAX_PIXELS, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
+from .concepts import DEFAULT_PROMPT, ConceptSet
+from .data import (DECODERS, DEFAULT_CLASS_LIST, NORMALIZATIONS, ImageDataset, ImageList, LabelMatcher,
                    Preprocess, decode_raw, default_decode, displayed_size, find_images, make_loader,
                    patch_multiple, read_class_names, shape_batches)
 from .device import AUTO, PRECISIONS, default_precision, loader_workers, resolve_device
@@ -27,11 +27,13 @@ from .records import BackboneRecord, HeadFileRecord, HeadRecord, PreprocessingRe
 from .runstore import INDEX_FILE, MapWriter, RUN_FILE, RunFolder, map_names
 from .userfiles import check_folder, claim_output, is_special
 from .kernels import prepack
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, ClipClassifier, arch_name,
-                     backbone_kind, backbone_shape, load_classifier, load_concept_classifier, read_sidecar)
+from .models import (CLASS_LIST, DEFAULT_MODELS, arch_name, backbone_kind, backbone_shape,
+                     load_classifier, load_concept_classifier, read_sidecar)
 from .pipeline import HostCopy, Prefetcher, to_host
 from .progress import BarFactory, StopRequest, open_bar
 from .targets import DEFAULT_MODES, SIMILARITIES, parse_modes
+from .settings import (ARCH, BACKBONE, CLIP_POOL, DEVICE, MAX_PIXELS, MODEL_PATH, NORMALIZE, NUM_WORKERS, OFFLINE,
+                       check_settings, setting)
 from .shipped import shipped_file
 from .weights import resolve_weights
 
@@ -42,59 +44,107 @@ SAVE_SIZES = ("input", "grid", "original")
 DEFAULT_HEAD = "pretrained_models/classifier/stanford_cars/classifier_cars_DINO.pth"
 
 
+def _modes(field: str, value) -> None:
+    """``--modes``: specifications that parse (:func:`finer_cam.targets.parse_modes`)."""
+    parse_modes(value)
+
+
+_PIXELS = checks.AtLeast(1, "a positive number of pixels", optional=True)  # --image_size, --max_size
+
+
 @dataclass
 class GenerateConfig:
-    dataset_path: str
-    save_dir: str
-    model_path: str | None = None  # None: DEFAULT_MODELS[backbone]
-    classifier_path: str | None = None  # None: DEFAULT_HEAD (not used by concept runs)
-    arch: str = "auto"
-    backbone: str = "dinov2"
-    clip_pool: str = "cls"
-    concepts: list[str] | None = None  # CLIP zero-shot concept run (see concepts.py)
-    concepts_file: str | None = None
-    prompt: str | None = None
-    compare_with: list[str] | None = None
-    truncate: bool = False
-    class_names: str | None = None
-    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
-    method: str = "gradcam"
-    target: str = "label"
-    similarity: str = "logit-distance"
-    image_size: int | None = None  # None: the head's sidecar, else 224
-    max_size: int | None = None
-    normalize: str | None = None  # None: the head's sidecar, else the backbone's own (ImageNet)
-    save_size: str = "input"
-    batch_size: int = 16
-    num_workers: int | str = "auto"  # device.loader_workers
-    device: str = "auto"
-    precision: str = "auto"  # auto: device.default_precision
-    aug_smooth: bool = False
-    overwrite: bool = False
-    max_pixels: int | None = MAX_PIXELS
-    decode: str = "auto"  # data.DECODERS, or auto: data.default_decode
-    compile: bool = False  # torch.compile the shared forward (the blocks before the target layer)
-    offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
+    """What generate_cam.py runs: each field is its flag of the same name (:mod:`finer_cam.settings`)."""
+
+    dataset_path: str = setting(
+        flags=("--dataset_path", "--image_paths"), group="input and output",
+        help="folder of images (searched recursively; the class is the parent folder's name) or a text file of "
+             "image paths, one a line (relative to the file's folder)")
+    save_dir: str = setting(
+        flags=("--save_dir", "--save_path"),
+        help="output folder: one .npy per image mirroring the dataset tree, run.json, index.jsonl")
+    save_size: str = setting(
+        "input", choices=SAVE_SIZES,
+        help="input: float16 maps at the network input size, each normalised to [0, 1]; grid: raw float32 maps on "
+             "the patch grid; original: float16 at each image's own size")
+    overwrite: bool = setting(False, help="redo every image (and replace a run made with another configuration)")
+    backbone: str = BACKBONE.field(
+        group="model", help="dinov2: a DINOv2 ViT; clip: CLIP's image tower (with --classifier_path, a head trained "
+                            "on its embedding; with --concepts, zero-shot concept maps)")
+    model_path: str | None = MODEL_PATH.field()  # None: DEFAULT_MODELS[backbone]
+    offline: bool = OFFLINE.field()
+    arch: str = ARCH.field()
+    clip_pool: str = CLIP_POOL.field()
+    classifier_path: str | None = setting(  # None: DEFAULT_HEAD (not used by concept runs)
+        None, help=f"linear head: a state dict {{weight [C, D], bias [C]}} (default: {DEFAULT_HEAD}; not with "
+                   "--concepts)")
+    class_names: str | None = setting(
+        None, help="class names, one a line in the head's order (default: class_names.txt beside the head, else the "
+                   "Stanford Cars list shipped with finer_cam)")
+    concepts: list[str] | None = setting(  # CLIP zero-shot concept run (see concepts.py)
+        None, group="CLIP concepts (zero-shot, --backbone clip)", metavar="TEXT",
+        help="explain each of these concepts in turn, e.g. \"red crown\" \"black wing\"; the maps get a concept "
+             "dimension: [concepts, modes, H, W]")
+    concepts_file: str | None = setting(None, help="more concepts, one a line (# comments, blank lines skipped)")
+    prompt: str | None = setting(
+        None, help=f"template each concept (and --compare_with text) is put into; {{}} marks the place (default: "
+                   f"{DEFAULT_PROMPT!r})")
+    compare_with: list[str] | None = setting(
+        None, metavar="TEXT",
+        help="references of every concept, most similar first (e.g. \"bird\"); default: the other concepts, ranked "
+             "as classes are")
+    truncate: bool = setting(
+        False, help="cut texts longer than CLIP's context (77 tokens) instead of stopping with an error")
+    modes: list[str] = setting(list(DEFAULT_MODES), group="explanation", metavar="SPEC", check=_modes,
+                               help="maps to compute, in this order (see below)")
+    method: str = setting("gradcam", choices=METHODS, help="CAM method applied to every objective")
+    target: str = setting(
+        "label", choices=TARGETS,
+        help="label: the class named by the image's folder (falls back to the prediction when the folder matches "
+             "no class); predicted: always the predicted class")
+    similarity: str = setting(
+        "logit-distance", choices=SIMILARITIES,
+        help="how the other classes are ranked: |y_i - y_t| ascending, y_i descending, or cosine similarity of the "
+             "head's weight rows")
+    aug_smooth: bool = setting(
+        False, help="average over flipped and rescaled-intensity views (ttach), as pytorch-grad-cam")
+    image_size: int | None = setting(  # None: the head's sidecar, else 224
+        None, group="preprocessing", check=_PIXELS,
+        help="bicubic resize to a square of this side (default: the head's sidecar, else 224, or the CLIP "
+             "checkpoint's resolution)")
+    max_size: int | None = setting(
+        None, check=_PIXELS,
+        help="instead of --image_size: keep the aspect ratio, cap the long side, round each side up to a multiple "
+             "of the patch")
+    normalize: str | None = NORMALIZE.field(  # None: the head's sidecar, else the backbone's own (ImageNet)
+        help="input normalisation (default: what the head was trained with, else ImageNet's, or CLIP's with "
+             "--backbone clip)")
+    batch_size: int = setting(16, group="runtime", check=checks.AtLeast(1), help="images per forward pass")
+    num_workers: int | str = NUM_WORKERS.field()  # device.loader_workers
+    device: str = DEVICE.field()
+    precision: str = setting(  # auto: device.default_precision
+        AUTO, choices=(AUTO, *PRECISIONS),
+        help="fp32; tf32: float32 with TF32 matrix products on CUDA (Ampere or newer); bf16: autocast (the fastest; "
+             "a few contrastive maps differ, see docs/speed.md); auto (the default): tf32 on CUDA, whose maps are "
+             "fp32's, fp32 elsewhere. A resumed run keeps the precision it began with")
+    compile: bool = setting(  # torch.compile the shared forward (the blocks before the target layer)
+        False, help="torch.compile the shared forward pass: pays off on a GPU over many images (compiling takes a "
+                    "minute, once per input shape)")
+    decode: str = setting(  # data.DECODERS, or auto: data.default_decode
+        AUTO, choices=(AUTO, *DECODERS),
+        help="pil: decode and resize with PIL in the loader workers; draft: PIL decodes JPEGs at a reduced size "
+             "first (faster; the pixels change: most maps stay close, but a few contrastive ones do not, so check on "
+             "your data); torchvision: JPEGs decoded in batches on the model's device (nvJPEG on CUDA) and resized "
+             "there with torch, other formats by PIL in the workers; auto (the default): torchvision on CUDA, pil "
+             "elsewhere. A resumed run keeps the decoding it began with")
+    max_pixels: int | None = MAX_PIXELS.field()
 
     def __post_init__(self) -> None:
-        """Every field's value is checked here, once (:mod:`finer_cam.checks`); what needs the files or the
-        machine (the head, the weights, the device) is checked by :func:`prepare`."""
-        checks.one_of("save_size", self.save_size, SAVE_SIZES)
-        checks.at_least("batch_size", self.batch_size, 1)
+        """Every field's value is checked here, once: each against its setting, then the settings that go
+        together; what needs the files or the machine (the head, the weights, the device) is checked by
+        :func:`prepare`."""
+        check_settings(self)
         checks.exclusive(("image_size", self.image_size), ("max_size", self.max_size))
-        for flag, value in (("image_size", self.image_size), ("max_size", self.max_size)):
-            checks.at_least(flag, value, 1, "a positive number of pixels", optional=True)
-        checks.num_workers(self.num_workers)
-        checks.max_pixels(self.max_pixels)
-        checks.one_of("decode", self.decode, (AUTO, *DECODERS))
-        checks.one_of("backbone", self.backbone, BACKBONES)
-        checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)
-        checks.one_of("method", self.method, METHODS)
-        checks.one_of("target", self.target, TARGETS)
-        checks.one_of("similarity", self.similarity, SIMILARITIES)
-        checks.one_of("precision", self.precision, (AUTO, *PRECISIONS))
-        checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
-        parse_modes(self.modes)
         if self.concepts or self.concepts_file:
             if self.backbone != "clip":
                 raise ArgumentError("concepts", problem="needs --backbone clip: concepts are text prompts that CLIP "
@@ -325,9 +375,9 @@ def prepare(cfg: GenerateConfig, progress: BarFactory | None = None) -> RunSetup
     engine = FinerCAM(model, modes=modes, method=cfg.method, similarity=cfg.similarity, precision=runtime.precision)
     record = RunRecord(
         dataset_root=str(images.root), modes=tuple(modes), method=cfg.method, target_layer=model.target_layer_name,
-        backbone=BackboneRecord.of(backbone_shape(model.backbone), path=str(loaded.model_path.resolve()),
-                                   sha256=file_sha256(loaded.model_path), arch=arch_name(model.backbone, cfg.arch),
-                                   pool=cfg.clip_pool if isinstance(model, ClipClassifier) else None),
+        backbone=BackboneRecord.of({**backbone_shape(model.backbone), **kind.pooling(cfg.clip_pool)},
+                                   path=str(loaded.model_path.resolve()), sha256=file_sha256(loaded.model_path),
+                                   arch=arch_name(model.backbone, cfg.arch)),
         head=loaded.head_file, concepts=loaded.concepts, class_names_file=loaded.class_file,
         class_names=tuple(loaded.class_names), preprocessing=PreprocessingRecord.of(preprocess, normalize),
         similarity=cfg.similarity, target=cfg.target, save_size=cfg.save_size,

@@ -36,6 +36,7 @@ REST = "rest"  # field metadata: the field holds every key no other field names 
 
 
 def _field(default=None, *, resume: bool | None = None, nullable: bool = False, check=None, rest: bool = False):
+    """A field with a default and what this module's metadata declares of it."""
     metadata = {NULLABLE: nullable, REST: rest}
     if resume is not None:
         metadata[RESUME] = resume
@@ -47,6 +48,7 @@ def _field(default=None, *, resume: bool | None = None, nullable: bool = False, 
 
 
 def _required(*, resume: bool | None = None, check=None):
+    """A field every file must hold."""
     metadata = {} if resume is None else {RESUME: resume}
     if check is not None:
         metadata[CHECK] = check
@@ -269,9 +271,10 @@ class BackboneRecord(_Record):
 
     @classmethod
     def of(cls, shape: dict, **known) -> BackboneRecord:
-        """From a registry entry's ``shape`` (which names the ``kind``) and the other fields."""
+        """From what a backbone kind's registry entry records of a backbone (its ``shape``, which names the
+        ``kind``, and its ``pooling``) and the other fields."""
         rest = dict(shape)
-        return cls(kind=rest.pop("kind", None), shape=rest, **known)
+        return cls(kind=rest.pop("kind", None), pool=rest.pop("pool", None), shape=rest, **known)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ import math
 import pickle
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +25,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import __version__, checks
-from .data import (MAX_PIXELS, NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, patch_multiple,
+from .data import (NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, patch_multiple,
                    walk_images)
 from .device import PRECISIONS, autocast, loader_workers, resolve_device
 from .errors import FinerCamError
 from .atomic import FolderLock, OUTPUT_MARKER, atomic_write_bytes, json_text, write_json
 from .userfiles import check_folder, claim_output
-from .models import (BACKBONES, CLASS_LIST, CLIP_POOLS, DEFAULT_MODELS, SIDECAR, Classifier, ClipClassifier,
+from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier,
                      backbone_kind, backbone_shape, feature_dim, freeze_and_pack, load_backbone, make_classifier)
 from .progress import BarFactory, StopRequest, open_bar
 from .records import AccuracyRecord, BackboneRecord, HeadRecord, PreprocessingRecord, TrainingDataRecord
+from .settings import (ARCH, BACKBONE, CLIP_POOL, DEVICE, MAX_PIXELS, MODEL_PATH, NORMALIZE, NUM_WORKERS, OFFLINE,
+                       check_settings, setting)
 from .weights import resolve_weights
 
 log = logging.getLogger("finer_cam")
@@ -43,47 +45,61 @@ SPLIT_LAYOUTS = (("train", "test"), ("train", "val"), ("train", "valid"))
 OUTPUTS = (BEST, LAST, CLASS_LIST, SIDECAR, METRICS, STATE)
 
 
+_DATA, _BACKBONE = "data and output", "backbone"  # the help's groups that two places start
+
+
 @dataclass
 class TrainConfig:
-    data_root: str
-    model_path: str | None  # None: the backbone's default file (models.DEFAULT_MODELS)
-    output_dir: str
-    arch: str = "auto"
-    backbone: str = "dinov2"
-    clip_pool: str = "cls"
-    epochs: int = 30
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    seed: int = 0
-    val_fraction: float = 0.2  # used only when the data has no test/val folder
-    image_size: int | None = None  # None: 224 for DINOv2, the checkpoint's resolution for CLIP
-    normalize: str | None = None  # None: imagenet for DINOv2, clip for CLIP
-    augment: bool = False
-    feature_cache: str | None = None
-    num_workers: int | str = "auto"  # device.loader_workers
-    device: str = "auto"
-    precision: str = "fp32"
-    resume: bool = False
-    overwrite: bool = False
-    max_pixels: int | None = MAX_PIXELS
-    offline: bool = False  # never download weights (also FINER_CAM_OFFLINE=1)
+    """What train_classifier.py runs: each field is its flag of the same name (:mod:`finer_cam.settings`).
+    Python may pass the first three by position, ``TrainConfig(data_root, model_path, output_dir)``: so
+    ``model_path`` (of the backbone group) comes before ``output_dir`` (of the data group)."""
+
+    data_root: str = setting(flags=("--data_root", "--data-root"), group=_DATA, help="the dataset folder")
+    backbone: str = BACKBONE.field(
+        group=_BACKBONE, help="dinov2: the head reads the mean of DINOv2's normalised patch tokens; clip: CLIP's "
+                                   "image embedding (see --clip_pool)")
+    model_path: str | None = MODEL_PATH.field(kw_only=False)  # None: the backbone's default file (DEFAULT_MODELS)
+    output_dir: str = setting(
+        "pretrained_models/classifier/", flags=("--output_dir", "--output-dir"), group=_DATA, kw_only=False,
+        help="where the head, its class list and its sidecar go")
+    overwrite: bool = setting(False, help="replace the files of an earlier training in --output_dir")
+    resume: bool = setting(
+        False, help="continue the training saved in --output_dir; every setting that changes the head (size, "
+                    "normalisation, precision, epochs, lr, ...) must be as before")
+    val_fraction: float = setting(  # used only when the data has no test/val folder
+        0.2, check=checks.Finite("a fraction between 0 and 1", above=0, below=1),
+        help="share of each class held out for evaluation when the data has no test/val folder")
+    offline: bool = OFFLINE.field(group=_BACKBONE)
+    arch: str = ARCH.field()
+    clip_pool: str = CLIP_POOL.field()
+    image_size: int | None = setting(  # None: 224 for DINOv2, the checkpoint's resolution for CLIP
+        None, check=checks.AtLeast(1, optional=True),
+        help="square bicubic resize of every image (default: 224, or the CLIP checkpoint's resolution)")
+    normalize: str | None = NORMALIZE.field(  # None: imagenet for DINOv2, clip for CLIP
+        help="input normalisation; recorded in the sidecar, and generate_cam.py uses the same (default: imagenet, "
+             "or clip with --backbone clip)")
+    feature_cache: str | None = setting(
+        None, metavar="DIR", help="keep backbone features on disk here, reused by later runs with the same backbone "
+                                  "and preprocessing (default: in memory only)")
+    epochs: int = setting(30, group="training", check=checks.AtLeast(1), help="passes over the training set")
+    lr: float = setting(1e-3, check=checks.Finite("a positive number", above=0),
+                        help="AdamW learning rate (cosine schedule)")
+    weight_decay: float = setting(1e-4, check=checks.Finite("0 or a positive number", at_least=0),
+                                  help="AdamW weight decay")
+    batch_size: int = setting(64, check=checks.AtLeast(1), help="images per backbone batch and per head step")
+    augment: bool = setting(
+        False, help="train on RandomResizedCrop + flip views with the backbone in the loop (slower; no cache)")
+    seed: int = setting(0, check=checks.AtLeast(0, "0 or a positive integer"),
+                        help="seeds the split, the initialisation and the batch order")
+    num_workers: int | str = NUM_WORKERS.field(group="runtime")  # device.loader_workers
+    device: str = DEVICE.field()
+    precision: str = setting("fp32", choices=PRECISIONS,
+                             help="the backbone's: fp32; tf32 (TF32 matrix products on CUDA); bf16 (autocast)")
+    max_pixels: int | None = MAX_PIXELS.field()
 
     def __post_init__(self) -> None:
-        """Every field's value is checked here, once (:mod:`finer_cam.checks`)."""
-        for flag, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
-                            ("image_size", self.image_size)):
-            checks.at_least(flag, value, 1, optional=flag == "image_size")
-        checks.at_least("seed", self.seed, 0, "0 or a positive integer")
-        checks.finite("lr", self.lr, "a positive number", above=0)
-        checks.finite("weight_decay", self.weight_decay, "0 or a positive number", at_least=0)
-        checks.finite("val_fraction", self.val_fraction, "a fraction between 0 and 1", above=0, below=1)
-        checks.num_workers(self.num_workers)
-        checks.max_pixels(self.max_pixels)
-        checks.one_of("normalize", self.normalize, NORMALIZATIONS, optional=True)
-        checks.one_of("backbone", self.backbone, BACKBONES)
-        checks.one_of("clip_pool", self.clip_pool, CLIP_POOLS)
-        checks.one_of("precision", self.precision, PRECISIONS)
+        """Every field's value is checked here, once, against its setting."""
+        check_settings(self)
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -338,8 +354,8 @@ def _check_output_dir(out: Path, cfg: TrainConfig) -> None:
 
 
 def _backbone_info(cfg: TrainConfig, model: Classifier) -> BackboneRecord:
-    return BackboneRecord.of(backbone_shape(model.backbone), arch=cfg.arch, path=str(Path(cfg.model_path).resolve()),
-                             pool=cfg.clip_pool if isinstance(model, ClipClassifier) else None)
+    return BackboneRecord.of({**backbone_shape(model.backbone), **backbone_kind(model.backbone).pooling(cfg.clip_pool)},
+                             arch=cfg.arch, path=str(Path(cfg.model_path).resolve()))
 
 
 def run_train(cfg: TrainConfig, progress: BarFactory | None = None, stop: StopRequest | None = None) -> TrainResult:
@@ -569,14 +585,13 @@ def _write_outputs(out: Path, cfg: TrainConfig, split: Split, head: nn.Linear, b
         backbone=backbone_info, num_classes=len(split.class_names), class_names_file=CLASS_LIST,
         image_size=cfg.image_size, normalize=cfg.normalize,
         preprocessing=PreprocessingRecord.of(preprocess, cfg.normalize),
-        features=(f"CLIP image embedding ({cfg.clip_pool} pooling)" if cfg.backbone == "clip"
-                  else "mean of the final-norm patch tokens"),
+        features=BACKBONES[cfg.backbone].features(cfg.clip_pool),
         accuracy=AccuracyRecord(**accuracy_info),
         data=TrainingDataRecord(root=str(Path(cfg.data_root).resolve()), layout=split.layout,
                                 train_images=len(split.train), val_images=len(split.val),
                                 failed_images=len(failures.items)),
-        training={k: v for k, v in asdict(cfg).items()
-                  if k in ("epochs", "lr", "weight_decay", "batch_size", "seed", "augment", "precision")}
+        training={k: getattr(cfg, k) for k in ("epochs", "lr", "weight_decay", "batch_size", "seed", "augment",
+                                               "precision")}
         | {"optimizer": "AdamW", "schedule": "cosine"},
         versions={"finer_cam": __version__, "torch": torch.__version__, "python": platform.python_version()},
     ).write(out / SIDECAR)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import checks
-from .data import MAX_PIXELS, ImageError, load_image
+from .data import ImageError, load_image
 from .errors import ArgumentError, FinerCamError
 from .atomic import FolderLock, atomic_write_bytes, remove_stale_temporaries
 from .records import MapLayout, RunRecord, mode_label
@@ -27,38 +27,51 @@ from .targets import Mode
 from .userfiles import check_folder, claim_output, inside
 from .overlay import blend, colormap_lut, compose_strip, fit_map, grid_figure, label_panel, resize_image
 from .progress import BarFactory, StopRequest, open_bar
+from .settings import CAM_DIR, MAX_PIXELS, RUN_DATASET_DIR, check_settings, setting
 
 log = logging.getLogger("finer_cam")
 FORMATS = ("jpg", "png")
 JPEG_MAX = 65535  # pixels on a side that JPEG can hold; a wider strip is written as PNG
 
 
+def _figure_file(field: str, value) -> None:
+    """``--grid``: a file name whose suffix names a figure format."""
+    if value is not None and Path(value).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise ArgumentError(field, Path(value), "give a .png, .pdf, .svg or .jpg file name")
+
+
 @dataclass
 class VisualizeConfig:
-    cam_dir: str
-    save_dir: str
-    dataset_dir: str | None = None  # None: the dataset_root of run.json
-    size: int | None = None  # panel height in pixels; None: the image's own
-    colormap: str = "jet"
-    alpha: float = 0.5
-    format: str = "jpg"
-    limit: int | None = None
-    images: list[str] | None = None  # relative paths or glob patterns
-    grid: str | None = None
-    grid_rows: int = 6
-    max_pixels: int | None = MAX_PIXELS
+    """What visualize.py runs: each field is its flag of the same name (:mod:`finer_cam.settings`); the colour
+    map is looked up and the output folders are checked by :func:`run_visualize`."""
+
+    cam_dir: str = CAM_DIR.field(help="a generate_cam.py output folder (run.json, index.jsonl, the .npy maps)")
+    save_dir: str = setting(flags=("--save_dir", "--save_path"),
+                            help="where the strips go, mirroring the dataset tree")
+    dataset_dir: str | None = RUN_DATASET_DIR.field(  # None: the dataset_root of run.json
+        help="the images' root folder (default: the dataset_root recorded in run.json)")
+    size: int | None = setting(  # panel height in pixels; None: the image's own
+        None, check=checks.AtLeast(8, "a panel height of at least 8 pixels", optional=True),
+        help="panel height in pixels, aspect kept (default: each image's own resolution)")
+    colormap: str = setting("jet", help="an OpenCV (jet, turbo, ...) or matplotlib (viridis, ...) colour map")
+    alpha: float = setting(0.5, check=checks.Finite("a blend weight between 0 and 1", at_least=0, at_most=1),
+                           help="weight of the colour map in the blend (0: image only)")
+    format: str = setting("jpg", choices=FORMATS, help="file type of the strips")
+    limit: int | None = setting(None, check=checks.AtLeast(1, optional=True),
+                                help="at most this many images (in path order)")
+    max_pixels: int | None = MAX_PIXELS.field()
+    images: list[str] | None = setting(  # relative paths or glob patterns
+        None, metavar="PATH",
+        help="only these images: paths relative to the dataset root as in index.jsonl, or glob patterns")
+    grid: str | None = setting(
+        None, metavar="FILE", check=_figure_file,
+        help="also write one figure of images x modes with a colour bar (.png, .pdf, .svg or .jpg)")
+    grid_rows: int = setting(6, check=checks.AtLeast(1, "at least 1 image in the grid"),
+                             help="images in the --grid figure (the first ones drawn)")
 
     def __post_init__(self) -> None:
-        """Every field's value is checked here, once (:mod:`finer_cam.checks`); the colour map is looked up
-        and the output folders are checked by :func:`run_visualize`."""
-        checks.one_of("format", self.format, FORMATS)
-        checks.finite("alpha", self.alpha, "a blend weight between 0 and 1", at_least=0, at_most=1)
-        checks.at_least("size", self.size, 8, "a panel height of at least 8 pixels", optional=True)
-        checks.at_least("limit", self.limit, 1, optional=True)
-        checks.at_least("grid_rows", self.grid_rows, 1, "at least 1 image in the grid")
-        checks.max_pixels(self.max_pixels)
-        if self.grid is not None and Path(self.grid).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-            raise ArgumentError("grid", Path(self.grid), "give a .png, .pdf, .svg or .jpg file name")
+        """Every field's value is checked here, once, against its setting."""
+        check_settings(self)
 
 
 @dataclass

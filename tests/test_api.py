@@ -16,7 +16,8 @@ import finer_cam
 from finer_cam import FinerCAM, normalize_maps, resize_maps
 from finer_cam.cam import token_grid
 from finer_cam.concepts import ConceptSet
-from finer_cam.errors import ArgumentError, FinerCamError, speak_of_flags
+from finer_cam.cli import message
+from finer_cam.errors import ArgumentError, FinerCamError
 
 TOL = 2e-4  # maximum absolute difference of [0, 1]-normalised maps at the input resolution
 ORACLES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
@@ -205,7 +206,7 @@ def test_mistakes_are_named():
 
 
 def test_bad_arguments_name_the_argument_not_a_flag():
-    """The library speaks of its arguments; the command lines, which run under ``speak_of_flags``, of their flags."""
+    """The library speaks of its arguments; the command lines (``cli.message``) of their flags."""
     model = resnet18()
     cases = [(lambda: FinerCAM(model, model.layer4[-1], method="gradcan"), "method", "method='gradcan': expected"),
              (lambda: FinerCAM(model, model.layer4[-1], modes=["finer:0.6"]), "modes",
@@ -215,10 +216,6 @@ def test_bad_arguments_name_the_argument_not_a_flag():
         with pytest.raises(ArgumentError) as info:
             make()
         assert info.value.name == name and str(info.value).startswith(start) and "--" not in str(info.value)
-        previous = speak_of_flags(True)
-        try:
-            assert str(info.value).startswith(f"--{name} '")
-        finally:
-            speak_of_flags(previous)
+        assert message(info.value).startswith(f"--{name} '")
     with pytest.raises(ArgumentError, match=r"^concepts: .*\(or a non-empty concepts_file\)$"):
         ConceptSet.from_flags([], None, None, None)

@@ -18,6 +18,7 @@ from test_weights import cache, env, generate, one_line_error, serve_weights  # 
 
 from dinov2 import ARCHS, DinoVisionTransformer, hub
 from finer_cam import downloads, weights
+from finer_cam.backbones.dinov2 import dinov2_checkpoint
 from finer_cam.errors import FinerCamError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def test_an_html_page_served_as_weights_is_called_an_html_page(server, tmp_path,
     monkeypatch.setattr(hub, "dinov2_url", lambda name, base=None: server.url + "/html")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(downloads.DownloadError) as info:
-        weights.dinov2_checkpoint("dinov2_vits14")
+        dinov2_checkpoint("dinov2_vits14")
     message = str(info.value)
     assert "looks like an HTML page" in message and "could run code" not in message and "\n" not in message
     assert partials(cache(tmp_path)) == [] and not (cache(tmp_path) / "dinov2_vits14_pretrain.pth").exists()

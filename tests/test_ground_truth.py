@@ -64,7 +64,7 @@ def test_the_mask_encoding_is_one_for_the_folder_not_guessed_per_image(tmp_path)
     assert regions["part"].sum() == 20 * 30 and regions["object"].sum() == 20 * 32
     with pytest.raises(FinerCamError, match="labels.json"):
         GroundTruth(str(tmp_path), None, "labels")
-    with pytest.raises(FinerCamError, match="--attributes"):
+    with pytest.raises(FinerCamError, match="^attributes .*: needs masks"):
         GroundTruth(str(tmp_path), None, "binary", str(tmp_path / "looks.json"), CLASSES)
 
 

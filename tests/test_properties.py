@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from finer_cam.cam import normalize_maps, resize_maps
-from finer_cam.errors import ArgumentError, speak_of_flags
+from finer_cam.cli import message
+from finer_cam.errors import ArgumentError
 from finer_cam.targets import SIMILARITIES, Mode, parse_mode, rank_references, weight_cosine
 
 NAMES = st.from_regex(r"[A-Za-z0-9_.+-]{1,12}", fullmatch=True)
@@ -36,11 +37,8 @@ def test_any_text_is_a_mode_or_a_one_line_error_naming_the_argument(spec):
         mode = parse_mode(spec)
     except ArgumentError as exc:
         assert exc.name == "modes" and str(exc).startswith("modes=") and "\n" not in str(exc).replace(spec, "")
-        previous = speak_of_flags(True)  # as a command line prints it
-        try:
-            assert str(exc).startswith("--modes ") and "\n" not in str(exc).replace(spec, "")
-        finally:
-            speak_of_flags(previous)
+        words = message(exc)  # as a command line prints it
+        assert words.startswith("--modes ") and "\n" not in words.replace(spec, "")
         return
     assert math.isfinite(mode.alpha) and all(r >= 1 for r in mode.ranks)
     assert len(set(mode.ranks)) == len(mode.ranks) and (mode.alpha == 0 or mode.ranks)

@@ -23,7 +23,8 @@ from dinov2 import DinoVisionTransformer
 from finer_cam import atomic, errors
 from finer_cam.cam import normalize_maps, resize_maps
 from finer_cam.data import find_images, read_class_names
-from finer_cam.errors import ArgumentError, FinerCamError, speak_of_flags
+from finer_cam.cli import message
+from finer_cam.errors import ArgumentError, FinerCamError
 from finer_cam.evaluate import EvaluateConfig, EvaluateResult
 from finer_cam.ground_truth import _read_boxes
 from finer_cam.report import format_table
@@ -447,15 +448,11 @@ def test_the_table_says_how_many_images_a_metric_used():
 ])
 def test_a_run_configuration_checks_its_values_when_it_is_made(make):
     """From Python as from a command line: the configuration is where a bad value stops, before any file is read.
-    Python names the field, a command line (``speak_of_flags``) the flag."""
+    Python names the field, a command line (``cli.message``) the flag."""
     with pytest.raises(ArgumentError) as info:
         make()
     assert str(info.value).startswith(info.value.name) and "--" not in str(info.value)
-    previous = speak_of_flags(True)
-    try:
-        assert str(info.value).startswith(f"--{info.value.name}")
-    finally:
-        speak_of_flags(previous)
+    assert message(info.value).startswith(f"--{info.value.name}")
 
 
 def test_argument_errors_cross_processes_and_keep_user_text(tmp_path):

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import train_classifier
 from dinov2 import hub
 from finer_cam import downloads
 from finer_cam import weights
+from finer_cam.backbones import BACKBONES
 from finer_cam.errors import FinerCamError
 
 
@@ -78,7 +80,10 @@ def serve_weights(tmp_path, monkeypatch) -> Server:
     monkeypatch.setenv(hub.DINOV2_URL_ENV, server.url + "/dinov2")
     monkeypatch.setenv(clip.CLIP_URL_ENV, server.url + "/clip")
     monkeypatch.delenv(downloads.OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(weights, "LOCAL", {"dinov2": tmp_path / "none", "clip": tmp_path / "none"})
+    for kind in ("dinov2", "clip"):  # no local weights folder
+        entry = BACKBONES[kind]
+        monkeypatch.setitem(BACKBONES, kind, replace(entry, checkpoints=replace(entry.checkpoints,
+                                                                                folder=tmp_path / "none")))
     return server
 
 

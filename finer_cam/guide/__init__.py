@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import checks
-from ..data import MAX_PIXELS
 from ..device import loader_workers, resolve_device
 from ..errors import ArgumentError, FinerCamError
 from ..atomic import FolderLock, OUTPUT_MARKER
@@ -34,6 +33,8 @@ from ..records import MapLayout, RunRecord
 from ..runstore import SkippedFile, dataset_root, read_map_file, read_run
 from ..userfiles import check_folder, inside
 from ..progress import BarFactory, StopRequest, open_bar
+from ..settings import (CAM_DIR, DEVICE, MAX_PIXELS, NUM_WORKERS, PART_RADIUS, RUN_ARCH, RUN_CLASSIFIER_PATH,
+                        RUN_DATASET_DIR, RUN_MODEL_PATH, check_settings, setting)
 from .pairs import (RANK_BY, Direction, Modes, Pair, Sample, choose_modes, directions, find_pairs, part_stats,
                     rank_exemplars, samples_of)
 from .parts import AnnotatedParts, Discovered, discover_parts, region_composition
@@ -48,40 +49,50 @@ CONCEPT_RUN = ("a concept run (--concepts): the field guide compares the classes
 
 @dataclass
 class GuideConfig:
-    cam_dir: str
-    save_dir: str
-    pairs: int = 20  # pairs that get a page (every pair is in guide.json)
-    mode: str | None = None  # the contrastive mode; None: by the rule of pairs.choose_modes
-    rank_by: str | None = None  # lift or share; None: lift (share when mode is the plain one)
-    masks: str | None = None
-    parts: str | None = None
-    part_radius: float = 0.1
-    discover: bool = False  # also discover parts when annotations are given
-    parts_k: int = 8
-    exemplars: int = 4
-    dataset_dir: str | None = None
-    model_path: str | None = None
-    classifier_path: str | None = None
-    arch: str | None = None
-    batch_size: int = 32
-    num_workers: int | str = "auto"  # device.loader_workers
-    device: str = "auto"
-    max_pixels: int | None = MAX_PIXELS
-    thumb: int = 160  # thumbnail height in pixels
+    """What field_guide.py runs: each field is its flag of the same name (:mod:`finer_cam.settings`)."""
+
+    cam_dir: str = CAM_DIR.field(help="a generate_cam.py output folder with a plain (alpha 0) and a contrastive mode")
+    save_dir: str = setting(
+        help="the guide's folder: new, empty, or a guide written before (it is replaced as a whole)")
+    pairs: int = setting(  # pairs that get a page (every pair is in guide.json)
+        20, check=checks.AtLeast(0, "0 (no pair pages) or more"), help="how many of the ranked pairs get a page")
+    mode: str | None = setting(  # the contrastive mode; None: by the rule of pairs.choose_modes
+        None, help="the contrastive mode to read (default: by the rule below)")
+    rank_by: str | None = setting(  # lift or share; None: lift (share when mode is the plain one)
+        None, choices=RANK_BY,
+        help="rank parts by lift (contrastive minus plain share), the contrastive share, or the plain share "
+             "(default: lift)")
+    masks: str | None = setting(
+        None, metavar="DIR",
+        help="part annotations: label maps DIR/<image path, extension .png> with DIR/labels.json, as evaluate.py "
+             "--mask_format labels reads them; each region is a part")
+    parts: str | None = setting(
+        None, metavar="CSV",
+        help="instead of --masks: part locations, a CSV image,part,x,y in original image pixels (prepare_dataset.py "
+             "cub writes parts.csv); each part is a disc around its location")
+    part_radius: float = PART_RADIUS.field(
+        help="a located part's disc radius, as a fraction of the image's shorter side")
+    discover: bool = setting(  # also discover parts when annotations are given
+        False, help="also discover parts (k-means over patch tokens) when --masks or --parts are given")
+    parts_k: int = setting(8, check=checks.AtLeast(2, "at least 2 parts"), help="how many parts to discover")
+    exemplars: int = setting(4, check=checks.AtLeast(0), help="exemplar images per direction")
+    dataset_dir: str | None = RUN_DATASET_DIR.field()
+    model_path: str | None = RUN_MODEL_PATH.field(
+        help="backbone checkpoint for discovering parts (default: run.json's)")
+    classifier_path: str | None = RUN_CLASSIFIER_PATH.field()
+    arch: str | None = RUN_ARCH.field()
+    batch_size: int = setting(32, check=checks.AtLeast(1), help="images per forward pass when discovering parts")
+    num_workers: int | str = NUM_WORKERS.field()  # device.loader_workers
+    device: str = DEVICE.field(help="auto, cpu, cuda or cuda:N (for discovering parts)")
+    thumb: int = setting(160, check=checks.AtLeast(16, "a thumbnail height of at least 16 pixels"),
+                         help="thumbnail height in pixels")
+    max_pixels: int | None = MAX_PIXELS.field()
 
     def __post_init__(self) -> None:
-        """Every field's value is checked here, once (:mod:`finer_cam.checks`)."""
-        checks.at_least("pairs", self.pairs, 0, "0 (no pair pages) or more")
-        checks.at_least("parts_k", self.parts_k, 2, "at least 2 parts")
-        checks.at_least("exemplars", self.exemplars, 0)
-        checks.at_least("batch_size", self.batch_size, 1)
-        checks.at_least("thumb", self.thumb, 16, "a thumbnail height of at least 16 pixels")
-        checks.num_workers(self.num_workers)
-        checks.max_pixels(self.max_pixels)
-        checks.one_of("rank_by", self.rank_by, RANK_BY, optional=True)
+        """Every field's value is checked here, once: each against its setting, then the settings that go
+        together (and the masks' labels.json)."""
+        check_settings(self)
         checks.exclusive(("masks", self.masks), ("parts", self.parts))
-        checks.finite("part_radius", self.part_radius, "a fraction of the shorter side between 0 and 1", above=0,
-                      below=1)
         if self.masks and not (Path(self.masks) / "labels.json").is_file():
             raise ArgumentError("masks", Path(self.masks), "expected label maps with a labels.json (the format "
                                 "evaluate.py --mask_format labels reads)")
