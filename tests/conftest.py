@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         defs = getattr(item, "_fixtureinfo", None)
         shared = defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values() if d)
         if shared and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files in order otherwise
 
