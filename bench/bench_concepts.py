@@ -46,12 +46,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--concepts", type=int, default=4)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layers", type=int, default=12,
+                    help="the depth of both towers (12: ViT-B/16's); fewer only to check that the bench runs")
     args = ap.parse_args()
     from pytorch_grad_cam import GradCAM
 
-    config = clip.ClipConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+    config = clip.ClipConfig(embed_dim=512, image_resolution=224, vision_layers=args.layers, vision_width=768,
                              vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=512,
-                             transformer_heads=8, transformer_layers=12)
+                             transformer_heads=8, transformer_layers=args.layers)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(clip.CLIP(config).state_dict(), Path(tmp) / "ViT-B-16.pth")
@@ -78,7 +80,8 @@ def main() -> None:
                     cam(x[b: b + 1], targets=[ObjectiveTarget(mode, k, ours.references[b, k])])
     t_ref = time.perf_counter() - start
     n = args.images * args.concepts * len(modes)
-    print(f"{args.images} images x {args.concepts} concepts x {len(modes)} modes = {n} maps, CLIP ViT-B/16 at 224, "
+    depth = "" if args.layers == 12 else f" cut to {args.layers} layers"
+    print(f"{args.images} images x {args.concepts} concepts x {len(modes)} modes = {n} maps, CLIP ViT-B/16{depth} at 224, "
           f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'way':58s} {'seconds':>8s} {'maps/s':>7s}")
     print(f"{'generate_cam.py engine (one forward per batch)':58s} {t_ours:8.1f} {n / t_ours:7.1f}")

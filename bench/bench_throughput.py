@@ -82,18 +82,18 @@ def speed(args, tmp: Path) -> None:
 
 
 def closeness(args, tmp: Path) -> None:
-    toy = ToyConfig()
-    if not (DEFAULT_ROOT / "test").is_dir():
-        write_dataset(DEFAULT_ROOT, toy)
+    toy, toy_root = ToyConfig(), Path(args.toy_root)
+    if not (toy_root / "test").is_dir():
+        write_dataset(toy_root, toy)
     weights = ROOT / DEFAULT_WEIGHTS
     head = ROOT / "outputs" / "demo" / "classifier" / "best_classifier.pth"
     if not head.is_file():
         head = tmp / "head" / "best_classifier.pth"
-        train_classifier.main(["--data_root", str(DEFAULT_ROOT), "--model_path", str(weights), "--arch",
+        train_classifier.main(["--data_root", str(toy_root), "--model_path", str(weights), "--arch",
                                "vit_toy", "--output_dir", str(head.parent), "--image_size", str(toy.image_size),
                                "--num_workers", "0", "--device", args.device])
     data = tmp / "toy_jpeg"
-    sources = sorted((DEFAULT_ROOT / "test").rglob("*.png"))[:: max(1, 640 // args.toy_images)]
+    sources = sorted((toy_root / "test").rglob("*.png"))[:: max(1, 640 // args.toy_images)]
     for src in sources:
         dst = data / src.parent.name / (src.stem + ".jpg")
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=32, help="JPEGs for the speed part")
     ap.add_argument("--toy_images", type=int, default=160, help="toy test images for the closeness part")
+    ap.add_argument("--toy_root", default=str(DEFAULT_ROOT),
+                    help="the toy data set of the closeness part (the default one generated when missing)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--arch", default="vit_base")

@@ -24,6 +24,22 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(share)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """How pytest-xdist's workers share the suite (``--dist loadgroup``, pytest.ini): the tests of a module that
+    share a module-scoped fixture form one group, run by one worker, which builds the fixture once; and, in a
+    worker, the slow tests come first, so that the workers take them one by one while the quick ones are left to
+    even out the end (instead of one worker running the last slow test alone). A plain ``pytest`` keeps the
+    order of the files."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        shared = defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values() if d)
+        if shared and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files in order otherwise
+
+
 def tiny_classifier(num_classes: int = 10, seed: int = 0, embed_dim: int = 64, depth: int = 3,
                     registers: int = 0, img_size: int = 224) -> Classifier:
     """A small random DINOv2 + head whose logits differ enough between classes to give distinct maps."""

@@ -73,8 +73,7 @@ def against_pytorch_grad_cam(model, layer, x, method, reshape=None, labels=None,
     return ours, np.stack(wants, axis=1)
 
 
-@pytest.mark.parametrize("method", ["gradcam", *(pytest.param(m, marks=pytest.mark.slow)
-                                                  for m in ("gradcam++", "xgradcam", "layercam", "hirescam"))])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"])
 def test_resnet18_matches_pytorch_grad_cam(method):
     model = resnet18()
     x = torch.randn(2, 3, 128, 96, generator=torch.Generator().manual_seed(1))
@@ -83,8 +82,7 @@ def test_resnet18_matches_pytorch_grad_cam(method):
     assert np.abs(ours - want).max() < TOL, method
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "scorecam" else m
-                                    for m in sorted(ORACLES)])
+@pytest.mark.parametrize("method", sorted(ORACLES))
 def test_timm_vit_matches_pytorch_grad_cam(method):
     model = timm_vit(img_size=(64, 80))
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(2))

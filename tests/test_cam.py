@@ -65,8 +65,7 @@ def test_softmax_mode_matches_pytorch_grad_cam_finercam(size, registers):
         assert np.abs(ours[:, i] - want).max() < TOL
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "scorecam" else m
-                                    for m in sorted(ORACLES)])
+@pytest.mark.parametrize("method", sorted(ORACLES))
 def test_mean_modes_match_pytorch_grad_cam(method):
     model = with_grad(tiny_classifier(embed_dim=64 if method != "scorecam" else 32, depth=2))
     size = (112, 84)

@@ -46,8 +46,8 @@ def reshape(size, patch=16):
     return fn
 
 
-@pytest.mark.parametrize("pool", ["cls", pytest.param("mean", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("compare_with", [None, pytest.param(["bird"], marks=pytest.mark.slow)])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("compare_with", [None, ["bird"]])
 def test_concept_maps_equal_pytorch_grad_cams_on_the_same_objective(clip_file, pool, compare_with):
     concepts = ConceptSet.from_flags(CONCEPTS, None, compare_with, "a photo of a bird with {}.")
     model = load_concept_classifier(clip_file, concepts.texts, "cpu", pool).requires_grad_(True)
@@ -174,7 +174,6 @@ def test_concept_set_rejects_an_empty_concept():
         ConceptSet.from_flags(["a", "  "], None, None, None)
 
 
-@pytest.mark.slow
 def test_aug_smooth_averages_concept_maps_over_the_views_with_fixed_references(clip_file):
     concepts = ConceptSet.from_flags(CONCEPTS[:3], None, None, None)
     model = load_concept_classifier(clip_file, concepts.texts, "cpu")

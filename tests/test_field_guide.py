@@ -195,27 +195,31 @@ def test_every_page_figure_and_link_is_there(built):
     assert not list(built.parent.glob(".guide.*"))  # nothing left beside it
 
 
-@pytest.mark.skipif(not browser.available(), reason="needs chromium and chromium-driver (make test-deps)")
-def test_the_site_opens_in_a_browser_from_file_urls(built):
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for the module's browser checks (each opens its own pages by their file URLs)."""
+    if not browser.available():
+        pytest.skip("needs chromium and chromium-driver (make test-deps)")
     with browser.Browser() as b:
-        report = browser.crawl(b, built / "index.html")
+        yield b
+
+
+def test_the_site_opens_in_a_browser_from_file_urls(built, chromium):
+    report = browser.crawl(chromium, built / "index.html")
     assert len(report.pages) == 9, report.pages
     assert report.images > 10
     assert report.broken_images == [] and report.broken_links == [] and report.console_errors == []
 
 
-def test_a_broken_image_is_caught_by_the_browser_check(built, tmp_path):
+def test_a_broken_image_is_caught_by_the_browser_check(built, chromium, tmp_path):
     """The browser check can fail: a guide with one picture removed and one link pointing nowhere."""
-    if not browser.available():
-        pytest.skip("needs chromium and chromium-driver (make test-deps)")
     import shutil
 
     copy = tmp_path / "guide"
     shutil.copytree(built, copy)
     next((copy / "img").glob("ex-*.jpg")).unlink()
     (copy / "class-2.html").unlink()
-    with browser.Browser() as b:
-        report = browser.crawl(b, copy / "index.html")
+    report = browser.crawl(chromium, copy / "index.html")
     assert report.broken_images and any("class-2.html" in link for link in report.broken_links)
 
 

@@ -34,6 +34,7 @@ def huge_png(path: Path, width: int = 30000, height: int = 30000) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_importing_the_library_changes_none_of_pils_settings():
     code = ("import PIL.Image as I, PIL.ImageFile as F; F.LOAD_TRUNCATED_IMAGES = True; before = I.MAX_IMAGE_PIXELS; "
             "import finer_cam, finer_cam.data, finer_cam.generate, finer_cam.evaluate, finer_cam.visualize, "

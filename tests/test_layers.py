@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 _STATE = """
@@ -31,6 +33,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_importing_finer_cam_changes_nothing_process_wide():
     done = _python(_STATE)
     assert done.returncode == 0, done.stderr

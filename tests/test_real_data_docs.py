@@ -80,6 +80,7 @@ def scratch(tmp_path, monkeypatch):
     server.close()
 
 
+@pytest.mark.slow
 def test_every_command_of_the_real_data_page_runs(scratch, monkeypatch, capsys):
     tmp_path, server = scratch
     commands = doc_commands()

@@ -82,6 +82,7 @@ def test_shipped_sidecars_record_the_official_preprocessing():
         assert load_head(head).out_features == len(read_class_names(head.with_name("class_names.txt")))
 
 
+@pytest.mark.slow
 def test_default_head_with_one_class_folder_gives_the_official_maps_for_that_class(world, tmp_path):
     tmp, backbone = world
     folder = tmp / "test" / "Acura RL Sedan 2012"

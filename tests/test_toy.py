@@ -3,6 +3,7 @@ say, the shipped backbone's premise checks, the toy commands, the demo end to en
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from finer_cam.toy import (DEFAULT_WEIGHTS, GROUPS, LABELS, PART_COLOURS, REGION
                            differing_parts, premise_checks, read_mask, render, write_dataset)
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ToyConfig(train_per_class=6, test_per_class=3)
+# the demo's world at a reduced size (every step and every file it writes): two groups of four siblings, so that
+# classes differ both in one part (siblings) and in body and roof (groups), at a quarter of the pixels
+SMALL = ToyConfig(train_per_class=2, test_per_class=1, image_size=112, groups=("Sedan", "Van"))
 
 
 def test_rendering_is_deterministic_for_a_seed():
@@ -117,7 +120,7 @@ def test_two_siblings_drawn_alike_differ_only_inside_their_differing_parts(monke
 
 def test_write_dataset_layout_and_rerun(tmp_path):
     root = tmp_path / "toy"
-    cfg = ToyConfig(train_per_class=1, test_per_class=1)
+    cfg = ToyConfig(train_per_class=1, test_per_class=1, image_size=112)  # the layout does not depend on the size
     assert write_dataset(root, cfg, workers=1)
     names = (root / "classes.txt").read_text().splitlines()
     assert len(names) == 16 and len(set(n.split()[0] for n in names)) == 4
@@ -128,9 +131,9 @@ def test_write_dataset_layout_and_rerun(tmp_path):
     assert looks["Sedan Rims"] == class_attributes("Sedan Rims") and set(looks) == set(names)
     for image in (root / "test").rglob("*.png"):
         labels = read_mask(root / "masks" / "test" / image.parent.name / image.name)
-        assert labels.shape == (224, 224) and (labels == REGIONS["badge"]).any()
+        assert labels.shape == (112, 112) and (labels == REGIONS["badge"]).any()
     assert not write_dataset(root, cfg, workers=1)  # already there
-    assert write_dataset(root, ToyConfig(train_per_class=2, test_per_class=1), workers=1)  # other settings
+    assert write_dataset(root, dataclasses.replace(cfg, train_per_class=2), workers=1)  # other settings
     assert len(list((root / "train").rglob("*.png"))) == 32 and len(list((root / "test").rglob("*.png"))) == 16
     assert write_dataset(root, cfg, workers=1) and len(list((root / "train").rglob("*.png"))) == 16  # none left over
 
@@ -199,14 +202,15 @@ def test_demo_runs_end_to_end_on_a_reduced_size(tmp_path):
     paths = run_demo(out=tmp_path / "demo", data=tmp_path / "toy", toy=SMALL, steps=3, workers=1, log=lines.append,
                      probe_images=32)
     assert (paths["classifier"] / "best_classifier.pth").is_file()
-    assert len(list(paths["cams"].rglob("*.npy"))) == 16 * 3
-    assert len(list(paths["overlays"].rglob("*.png"))) == 16 and paths["grid"].stat().st_size > 10_000
+    classes = len(SMALL.class_names)
+    assert len(list(paths["cams"].rglob("*.npy"))) == classes * SMALL.test_per_class
+    assert len(list(paths["overlays"].rglob("*.png"))) == classes and paths["grid"].stat().st_size > 10_000
     table = (paths["eval"] / "summary.md").read_text()
     assert all(f"| {mode} |" in table for mode in ("baseline", "finer", "compare"))
     assert all(name in table for name in ("energy_part", "energy_object", "energy_difference", "pointing_difference"))
     assert all(name in table for name in ("swap_rank", "swap_top", "token_rank", "token_top"))
     swaps = read_swaps(paths["swaps"])
-    assert len(swaps) == 16 * 3 and all(set(parts) == set(REGIONS) for parts in swaps.values())
+    assert len(swaps) == classes * SMALL.test_per_class and all(set(parts) == set(REGIONS) for parts in swaps.values())
     for (image, target, reference), parts in swaps.items():
         assert image.split("/")[0] == target and target != reference
         for part, row in parts.items():  # a part both classes draw alike changes nothing
