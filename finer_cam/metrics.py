@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import auc as sk_auc
-from torchvision.transforms.functional import gaussian_blur
+
+# torchvision's blur and scikit-learn's trapezoid are imported where they are used: together they take about
+# three seconds to import, which every process that imports this module (every script) would pay at start-up
 
 
 def top_percent_mask(maps: torch.Tensor, percent: float) -> torch.Tensor:
@@ -42,6 +43,8 @@ def blurred(images: torch.Tensor) -> torch.Tensor:
     sigma = max(images.shape[-2:]) / 20.0
     kernel = 2 * math.ceil(3 * sigma) + 1
     kernel = min(kernel, 2 * (min(images.shape[-2:]) // 2) - 1) if min(images.shape[-2:]) > 2 else 1
+    from torchvision.transforms.functional import gaussian_blur
+
     return gaussian_blur(images, [kernel, kernel], [sigma, sigma]) if kernel > 1 else images.clone()
 
 
@@ -61,6 +64,8 @@ def relative_drop(p_before: torch.Tensor, p_after: torch.Tensor, c: torch.Tensor
 
 def curve_auc(curves: np.ndarray) -> np.ndarray:
     """Area under each curve ``[N, S + 1]`` sampled at fractions 0, 1/S, ..., 1 (scikit-learn's trapezoid)."""
+    from sklearn.metrics import auc as sk_auc
+
     xs = np.linspace(0.0, 1.0, curves.shape[1])
     return np.array([sk_auc(xs, row) for row in curves])
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from torch import nn
 from torch.nn import functional as F
 
@@ -294,6 +293,8 @@ class _Augment:
     """RandomResizedCrop (bicubic) and horizontal flip, then the usual normalisation: PIL image -> ``[3, S, S]``."""
 
     def __init__(self, preprocess: Preprocess) -> None:
+        import torchvision.transforms as T  # here, not at import: torchvision takes about two seconds to import
+
         side = preprocess.input_size(1, 1)[0]
         self.transform = T.Compose([T.RandomResizedCrop(side, scale=(0.35, 1.0),
                                                         interpolation=T.InterpolationMode.BICUBIC),
