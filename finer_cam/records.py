@@ -16,6 +16,7 @@ concept run, one per concept and mode.
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -26,7 +27,7 @@ from .atomic import write_json
 from .concepts import ConceptSet
 from .data import NORMALIZATIONS, Preprocess
 from .errors import FinerCamError
-from .targets import Mode
+from .targets import Mode, parse_mode
 from .userfiles import read_text
 
 RESUME = "resume"  # field metadata: whether a resumed run must match the field (nested pieces: all but those False)
@@ -161,7 +162,11 @@ def _from_dict(cls: type, data: dict, prefix: str = ""):
         if check is not None and value is not None and not check[0](value):
             raise _Mismatch(where, data[f.name], check[1])
         values[f.name] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except _Mismatch as exc:  # a check of several fields (__post_init__): name the field where it sits
+        exc.where = prefix + exc.where
+        raise
 
 
 def _to_json(value):
@@ -287,20 +292,44 @@ class HeadFileRecord(_Record):
 
 
 def _three(values: tuple) -> bool:
-    return len(values) == 3
+    return len(values) == 3 and all(math.isfinite(v) for v in values)
+
+
+def _three_positive(values: tuple) -> bool:
+    return _three(values) and all(v > 0 for v in values)
+
+
+MAX_SIDE = 1 << 15  # a side no network input reaches: a larger one in a file is damage, not a setting
+
+
+def _side(value: int) -> bool:
+    return 0 < value <= MAX_SIDE
+
+
+def _modes(modes: tuple) -> bool:
+    """At least one mode, with unique names, each one that ``--modes`` accepts (what generate wrote)."""
+    try:
+        return bool(modes) and len({m.name for m in modes}) == len(modes) and \
+            all(parse_mode(m.spec) == m for m in modes)
+    except FinerCamError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
 class PreprocessingRecord(_Record):
     """How images were resized and normalised (:class:`~finer_cam.data.Preprocess`), and the normalisation's name."""
 
-    image_size: int | None = _field(nullable=True)  # the square side; None with max_size
-    max_size: int | None = _field(nullable=True)
+    image_size: int | None = _field(nullable=True, check=(_side, f"a side in pixels (1 to {MAX_SIDE})"))  # None with max_size
+    max_size: int | None = _field(nullable=True, check=(_side, f"a side in pixels (1 to {MAX_SIDE})"))
     patch: int | None = None
     interpolation: str | None = None
     mean: tuple[float, ...] = _required(check=(_three, "three numbers (R, G, B)"))
-    std: tuple[float, ...] = _required(check=(_three, "three numbers (R, G, B)"))
+    std: tuple[float, ...] = _required(check=(_three_positive, "three positive numbers (R, G, B)"))
     normalize: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size is None and self.max_size is None:
+            raise _Mismatch("image_size", None, "a side in pixels (or max_size one)")
 
     @classmethod
     def of(cls, preprocess: Preprocess, normalize: str) -> PreprocessingRecord:
@@ -414,7 +443,9 @@ class RunRecord(_File):
     DESCRIBES: ClassVar[str] = "a generate_cam.py run description"
 
     dataset_root: str | None = _field(resume=True)
-    modes: tuple[Mode, ...] = _required(resume=True)
+    modes: tuple[Mode, ...] = _required(resume=True, check=(_modes, "a list of modes as --modes takes them "
+                                                                   "(NAME:ALPHA[:RANKS[:softmax]]), at least one, "
+                                                                   "each name once"))
     method: str | None = _field(resume=True)
     target_layer: str | None = None
     backbone: BackboneRecord | None = _field(resume=True)

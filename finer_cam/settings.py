@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
+import os
 import types
 import typing
 from collections.abc import Callable, Collection
@@ -27,6 +29,7 @@ from typing import Any
 
 from . import checks
 from . import data
+from .errors import ArgumentError
 from .models import BACKBONES, CLIP_POOLS, DEFAULT_MODELS
 
 SETTING = "setting"  # the key of a field's Setting in its metadata
@@ -102,10 +105,46 @@ def declared(config) -> list[tuple[dataclasses.Field, Setting]]:
 
 
 def check_settings(config) -> None:
-    """Check every field of ``config`` against its setting, in field order (``__post_init__`` runs this, then
-    its checks that involve several fields)."""
+    """Check every field of ``config`` against its type and its setting, in field order (``__post_init__``
+    runs this, then its checks that involve several fields). A value of another type than the field's
+    (``save_dir=None``, ``overwrite="no"``, ``percent=50``), or an empty text (``save_dir=""``, which would
+    name the working folder), is an :class:`~finer_cam.errors.ArgumentError` of the field, before any value
+    check reads it."""
+    hints = typing.get_type_hints(type(config))
     for f, s in declared(config):
-        s.validate(f.name, getattr(config, f.name))
+        value = getattr(config, f.name)
+        expected = _mismatch(value, hints[f.name])
+        if expected is not None:
+            raise ArgumentError(f.name, value, f"expected {expected}")
+        s.validate(f.name, value)
+
+
+def _mismatch(value, hint) -> str | None:
+    """What ``value`` should have been to be of type ``hint`` (texts non-empty; a text may be a path object),
+    or None when it is; a type this does not know is not checked."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
+            return None
+        wants = [_mismatch(value, m) for m in members if m is not type(None)]
+        return None if any(w is None for w in wants) else " or ".join(w for w in wants if w)
+    if hint is bool:
+        return None if isinstance(value, bool) else "True or False"
+    if hint is int:
+        return None if isinstance(value, numbers.Integral) and not isinstance(value, bool) else "a whole number"
+    if hint is float:
+        return None if isinstance(value, numbers.Real) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        return None if isinstance(value, str) and value else "a non-empty text"
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or not value:
+            return "a non-empty list"
+        wrong = next((w for w in map(lambda v: _mismatch(v, item), value) if w is not None), None)
+        return None if wrong is None else f"a list, each {wrong}"
+    return None
 
 
 def default_of(f: dataclasses.Field) -> Any:

@@ -27,7 +27,7 @@ from . import __version__, checks
 from .data import (NORMALIZATIONS, ImageDataset, Preprocess, keep_as_list, make_loader, patch_multiple,
                    walk_images)
 from .device import PRECISIONS, autocast, loader_workers, resolve_device
-from .errors import FinerCamError
+from .errors import ArgumentError, FinerCamError
 from .atomic import FolderLock, OUTPUT_MARKER, atomic_write_bytes, json_text, write_json
 from .userfiles import check_folder, claim_output
 from .models import (BACKBONES, CLASS_LIST, DEFAULT_MODELS, SIDECAR, Classifier,
@@ -45,6 +45,13 @@ OUTPUTS = (BEST, LAST, CLASS_LIST, SIDECAR, METRICS, STATE)
 
 
 _DATA, _BACKBONE = "data and output", "backbone"  # the help's groups that two places start
+
+
+def _seed(name: str, value) -> None:
+    """``--seed``: a whole number torch's generators take (0 to 2**63 - 1)."""
+    checks.at_least(name, value, 0, "0 or a positive integer")
+    if value >= 2**63:
+        raise ArgumentError(name, value, "expected 0 or a positive integer below 2**63 (what torch's generators take)")
 
 
 @dataclass
@@ -88,7 +95,7 @@ class TrainConfig:
     batch_size: int = setting(64, check=checks.AtLeast(1), help="images per backbone batch and per head step")
     augment: bool = setting(
         False, help="train on RandomResizedCrop + flip views with the backbone in the loop (slower; no cache)")
-    seed: int = setting(0, check=checks.AtLeast(0, "0 or a positive integer"),
+    seed: int = setting(0, check=_seed,
                         help="seeds the split, the initialisation and the batch order")
     num_workers: int | str = NUM_WORKERS.field(group="runtime")  # device.loader_workers
     device: str = DEVICE.field()

@@ -154,7 +154,7 @@ def test_blurred_fill_drop_against_an_independent_computation():
     gen = torch.Generator().manual_seed(3)
     x, maps = torch.randn(2, 3, 56, 42, generator=gen), torch.rand(2, 1, 56, 42, generator=gen)
     targets, refs = torch.tensor([1, 4]), torch.tensor([0, 2])
-    cfg = EvaluateConfig(cam_dir="", out="", percent=[10.0], fill="blur", steps=0)
+    cfg = EvaluateConfig(cam_dir="unused", out="unused", percent=[10.0], fill="blur", steps=0)
     got = evaluate_group(model, x, maps, targets, refs, cfg)["drop@10"][:, 0]
     sigma = 56 / 20
     k = 2 * math.ceil(3 * sigma) + 1

@@ -416,3 +416,22 @@ def test_the_scale_bench_runs_at_a_tiny_size():
                            "--pairs", "1"], cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "24 images measured" in done.stdout and "peak memory" in done.stdout
+
+
+def test_an_index_line_naming_a_class_the_run_does_not_have_is_left_out_by_name():
+    """A prediction or label beyond the run's classes (a run.json whose class list was cut) is one named problem,
+    not a crash when the pages name the classes."""
+    from finer_cam.guide.pairs import Modes, samples_of
+
+    modes = Modes(contrastive=1, plain=0, names=("baseline", "finer"), rank1_mode="finer")
+
+    def line(**change):
+        return {"map": "a.npy", "target": 0, "label": 0, "predicted": 1, "size": [8, 8],
+                "references": {"finer": [1]}, **change}
+
+    entries = {"ok.png": line(), "pred.png": line(predicted=7), "label.png": line(label=-1),
+               "ref.png": line(references={"finer": [3]})}
+    samples, problems = samples_of(entries, modes, n_classes=3)
+    assert [s.image for s in samples] == ["ok.png"]
+    assert sorted(p.split(":")[0] for p in problems) == ["label.png", "pred.png", "ref.png"]
+    assert all("classes 0 to 2" in p for p in problems)

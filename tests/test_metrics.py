@@ -48,7 +48,7 @@ def maps_for(side=20):
 def test_the_map_on_the_evidence_gives_the_largest_drop_and_a_flat_map_none():
     model, x = two_class_world()
     maps = maps_for().unsqueeze(0)  # [1, 4, H, W]
-    out = evaluate_group(model, x, maps, torch.tensor([0]), torch.tensor([1]), EvaluateConfig("", "", steps=10))
+    out = evaluate_group(model, x, maps, torch.tensor([0]), torch.tensor([1]), EvaluateConfig("unused", "unused", steps=10))
     rd, drop = out["rd@5"][0], out["drop@5"][0]
     assert drop[0] > 0.49 and rd[0] > 0.99 and rd[0] == rd.max() and rd[0] > rd[1] + 0.5  # p: 0.5 -> 0, p_d: 0.5 -> 1
     assert rd[1].abs() < 1e-6  # evidence of neither class removed
@@ -58,7 +58,7 @@ def test_the_map_on_the_evidence_gives_the_largest_drop_and_a_flat_map_none():
     # keeps the probability up until the end
     ramp = torch.arange(20.0).view(-1, 1) + torch.arange(20.0).view(1, -1)  # lowest at the top left
     out = evaluate_group(model, x, torch.stack([maps[0, 0], ramp]).unsqueeze(0), torch.tensor([0]), torch.tensor([1]),
-                         EvaluateConfig("", "", steps=10))
+                         EvaluateConfig("unused", "unused", steps=10))
     deletion = out["deletion"][0]
     assert deletion[0, 1] < 1e-6 and deletion[1, 1] > 0.49 and deletion[1, -2] > 0.49
     assert curve_auc(deletion.numpy())[0] < curve_auc(deletion.numpy())[1] - 0.4
@@ -81,7 +81,8 @@ def test_drop_agrees_with_pytorch_grad_cam():
     x = torch.randn(3, 3, 24, 24)
     maps = torch.rand(3, 2, 24, 24)
     targets = torch.tensor([0, 3, 4])
-    ours = evaluate_group(model, x, maps, targets, torch.tensor([1, 1, 1]), EvaluateConfig("", "", percent=[5.0, 20.0], steps=0))
+    ours = evaluate_group(model, x, maps, targets, torch.tensor([1, 1, 1]),
+                          EvaluateConfig("unused", "unused", percent=[5.0, 20.0], steps=0))
     for p in (5.0, 20.0):
         metric = PerturbationConfidenceMetric(RemoveMostRelevantFirst(100 - p, lambda img, keep: img * keep))
         for m in range(2):

@@ -97,6 +97,17 @@ def test_a_record_round_trips_through_its_file(tmp_path):
     (lambda d: d.update(num_workers="auto"), "'num_workers' 'auto' is not an integer"),
     (lambda d: d.update(summary={"total": 1.5}), "'summary.total' 1.5 is not an integer"),
     (lambda d: d.update(version="1"), "'version' '1' is not a version"),
+    # values of the right type that no run writes: refused on reading, not left to fail later
+    (lambda d: d.update(modes=[]), "'modes' [] is not a list of modes as"),
+    (lambda d: d["modes"][1].update(alpha=float("nan")), "'modes' "),
+    (lambda d: d["modes"][1].update(ranks=[0]), "'modes' "),
+    (lambda d: d["modes"][1].update(name="../x"), "'modes' "),
+    (lambda d: d["modes"][1].update(name=d["modes"][0]["name"]), "each name once"),
+    (lambda d: d["preprocessing"].update(image_size=None, max_size=None), "'preprocessing.image_size' None is not"),
+    (lambda d: d["preprocessing"].update(image_size=10**9), "'preprocessing.image_size' 1000000000 is not a side"),
+    (lambda d: d["preprocessing"].update(image_size=0), "'preprocessing.image_size' 0 is not a side"),
+    (lambda d: d["preprocessing"].update(std=[0.2, 0.0, 0.2]), "'preprocessing.std' [0.2, 0.0, 0.2] is not three "
+                                                               "positive numbers"),
 ])
 def test_a_missing_or_ill_typed_field_is_named_in_one_line(tmp_path, change, says):
     data = a_run().to_json()

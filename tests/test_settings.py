@@ -228,3 +228,31 @@ def test_a_scripts_declared_check_stops_the_same_value_from_python_and_its_comma
     assert module.main(argv) == EXIT_USAGE
     expected = message(error)  # the command line's wording of the same error
     assert capsys.readouterr().err.splitlines()[-1] == f"{module.PROG}: error: {expected}"
+
+
+@pytest.mark.parametrize("make, name, says", [
+    (lambda: GenerateConfig(dataset_path="d", save_dir=""), "save_dir", "expected a non-empty text"),
+    (lambda: GenerateConfig(dataset_path=1, save_dir="s"), "dataset_path", "expected a non-empty text"),
+    (lambda: GenerateConfig(dataset_path="d", save_dir=None), "save_dir", "expected a non-empty text"),
+    (lambda: GenerateConfig(dataset_path="d", save_dir="s", overwrite="no"), "overwrite", "expected True or False"),
+    (lambda: GenerateConfig(dataset_path="d", save_dir="s", device=5), "device", "expected a non-empty text"),
+    (lambda: GenerateConfig(dataset_path="d", save_dir="s", modes=[1]), "modes", "each a non-empty text"),
+    (lambda: EvaluateConfig(cam_dir="c", out="o", percent=50), "percent", "expected a non-empty list"),
+    (lambda: EvaluateConfig(cam_dir="c", out=""), "out", "expected a non-empty text"),
+    (lambda: TrainConfig("d", seed=2**64), "seed", "below 2**63"),
+])
+def test_a_value_of_another_type_or_an_empty_path_is_refused_by_the_configuration(make, name, says):
+    """Checked against the field's type before any value check reads it: an empty path would name the working
+    folder, a text for a switch would count as true."""
+    with pytest.raises(ArgumentError) as info:
+        make()
+    assert info.value.name == name and says in str(info.value)
+
+
+def test_an_empty_output_folder_on_the_command_line_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    assert generate_cam.main(["--dataset_path", "images", "--save_dir", ""]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["generate_cam.py: error: --save_dir '': expected a non-empty text"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]

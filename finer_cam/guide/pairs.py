@@ -104,10 +104,12 @@ def samples_of(entries: dict[str, dict], modes: Modes, n_classes: int) -> tuple[
             inp = e.get("input_size")
             inp = (int(inp[0]), int(inp[1])) if inp else None
             predicted = int(e.get("predicted", target))
-            if not (0 <= target < n_classes and 0 <= ref < n_classes) or not isinstance(e.get("map"), str):
+            classes = [target, ref, predicted] + ([] if label is None else [label])
+            if not all(0 <= c < n_classes for c in classes) or not isinstance(e.get("map"), str):
                 raise ValueError
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            problems.append(f"{key}: its index line has no usable target, {modes.rank1_mode} reference, size or map")
+            problems.append(f"{key}: its index line has no usable target, {modes.rank1_mode} reference, prediction, "
+                            f"label (classes 0 to {n_classes - 1} of the run), size or map")
             continue
         out.append(Sample(key, e["map"], target, ref, label, predicted, size, inp))
     return out, problems
